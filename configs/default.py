@@ -1,0 +1,166 @@
+r"""Default config: the 32x32 DCGAN demo on the embedded `synthetic_faces` data.
+
+This is the config every recipe starts from; each field is documented here.
+It trains the second seed's DCGAN (conv_dim 32, z 100) at 32x32 and finishes on
+2 CPU cores in a few minutes, showing recognisable faces.
+
+Run it:
+
+  python -m facegan_jax.main --config=configs/default.py --workdir=runs/default
+
+Tiny smoke run (`runlocal` variant, a handful of steps):
+
+  python -m facegan_jax.main --config=configs/default.py:runlocal --workdir=/tmp/smoke
+
+Override any field with `--config.<field>=<value>`, e.g. `--config.total_steps=500`.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+
+def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
+    """Returns the default config; `variant='runlocal'` shrinks it to a smoke run."""
+    config = ml_collections.ConfigDict()
+
+    # Base PRNG seed: parameter init, the training key in the state, data order.
+    config.seed = 0
+    # Number of optimisation steps (one step = one generator update; with
+    # `train.n_critic` > 1 a step holds several discriminator updates).
+    config.total_steps = 1500
+
+    # ---------------------------------------------------------------- data
+    config.data = data = ml_collections.ConfigDict()
+    # 'synthetic_faces' (embedded, rendered), 'celeba_local' (our builder over the
+    # official files, see data_prep/prepare_celeba.py) or 'celeb_a' (TFDS's own).
+    data.name = "synthetic_faces"
+    # TFDS data_dir; None means TFDS's default (~/tensorflow_datasets or $TFDS_DATA_DIR).
+    data.tfds_data_dir = ml_collections.config_dict.placeholder(str)
+    data.train_split = "train"
+    # Real side of FID and of held-out metrics ('validation' or 'test').
+    data.eval_split = "validation"
+    # Output resolution (square) and channels (3 = RGB, 1 = greyscale).
+    data.image_size = 32
+    data.channels = 3
+    # Crop applied before resizing: 'none', 'celeba_178' (178x178 box from row 20,
+    # the usual aligned-CelebA face crop), 'center_160' (centre 160x160, seed 001)
+    # or 'box' (uses `crop_box` = (top, left, height, width)).
+    data.crop = "none"
+    data.crop_box = (0, 0, 0, 0)
+    # Shuffle buffer (examples) and tf.data parallelism (-1 = AUTOTUNE).
+    data.shuffle_buffer = 10_000
+    data.num_parallel_calls = -1
+    # Batches prefetched onto the devices ahead of the train step.
+    data.prefetch_to_device = 2
+    # synthetic_faces only: images rendered per split when the dataset is built.
+    data.synthetic_num_train = 12_000
+    data.synthetic_num_eval = 1_000
+
+    # --------------------------------------------------------------- model
+    config.model = model = ml_collections.ConfigDict()
+    # Registry key in facegan_jax/models/__init__.py: 'dcgan', 'acgan', 'gan128', 'hrdcgan'.
+    model.name = "dcgan"
+    model.z_dim = 100
+    # Width of the first D layer / last G layer (seed 002's conv_dim, seed 001's 64).
+    model.g_dim = 32
+    model.d_dim = 32
+    # Generator hidden activation: 'relu' (DCGAN), 'leaky_relu' (improved DCGAN), 'selu'.
+    model.g_activation = "relu"
+    model.d_activation = "leaky_relu"
+    model.leaky_slope = 0.2
+    # Dropout rate in D (improved DCGAN); 0 disables.
+    model.d_dropout = 0.0
+    # Conditioning on the 40 CelebA attributes (ACGAN): 0 = unconditional.
+    model.num_attributes = 0
+    # Use the sub-pixel formulation of stride-2 transposed convs (same maths,
+    # much faster weight gradients on XLA:CPU; see models/layers.py).
+    model.fast_conv_transpose = True
+    # Spectral-norm power iterations per training step (models that use SN).
+    model.sn_power_iterations = 1
+    # Minibatch-stddev group size (ACGAN D); must divide the per-device batch.
+    model.mbstd_group_size = 4
+
+    # ---------------------------------------------------------------- loss
+    config.loss = loss = ml_collections.ConfigDict()
+    # Registry key in facegan_jax/losses.py: 'minimax' (BCE, the seeds'),
+    # 'non_saturating' or 'hinge'.
+    loss.name = "non_saturating"
+    # One-sided label smoothing: real targets drawn from U(low, high); (1, 1) disables.
+    # The improved DCGAN uses (0.7, 1.2).
+    loss.real_label_low = 1.0
+    loss.real_label_high = 1.0
+    # Label noise (gan128): targets += noise * U(0, 1) for real and fake labels.
+    loss.label_noise = 0.0
+    # ACGAN: weight of the attribute BCE, and whether D's attribute head also
+    # learns from fake images (with the attributes they were generated for).
+    loss.aux_weight = 1.0
+    loss.aux_on_fake = False
+
+    # ----------------------------------------------------------- optimizers
+    def optimizer(lr: float) -> ml_collections.ConfigDict:
+        return ml_collections.ConfigDict(
+            dict(
+                name="adam",  # 'adam' or 'rmsprop'
+                learning_rate=lr,
+                b1=0.5,
+                b2=0.999,
+                # RMSprop decay and epsilon (Keras defaults).
+                decay=0.9,
+                eps=1e-8,
+                # Clip each gradient element to [-clip_value, clip_value]; 0 disables.
+                clip_value=0.0,
+            )
+        )
+
+    config.g_optimizer = optimizer(2e-4)
+    config.d_optimizer = optimizer(2e-4)
+
+    # -------------------------------------------------------------- training
+    config.train = train = ml_collections.ConfigDict()
+    # Global batch size (split over all devices of all processes).
+    train.batch_size = 64
+    # 'alternating' (D step, then G step with fresh G output: most seeds),
+    # 'simultaneous' (both gradients from one forward pass: seed 004).
+    train.schedule = "alternating"
+    # Discriminator updates per generator update.
+    train.n_critic = 1
+    # EMA of generator weights for samples and evaluation; 0 disables.
+    train.ema_decay = 0.999
+    # bfloat16 compute with float32 parameters, optimizer state and losses.
+    train.mixed_precision = False
+
+    # ---------------------------------------------------- logging & outputs
+    config.log_every_steps = 50
+    # PNG grid of the fixed control latents (EMA generator) every N steps.
+    config.sample_every_steps = 250
+    config.num_control_samples = 64
+    config.checkpoint_every_steps = 500
+    config.max_checkpoints_to_keep = 3
+
+    # ------------------------------------------------------------------ FID
+    config.fid = fid = ml_collections.ConfigDict()
+    # Evaluate FID on the EMA generator every N steps (0 disables) and at the end.
+    fid.every_steps = 0
+    fid.num_samples = 2048
+    fid.batch_size = 64
+    # pytorch-fid weights file; None: cache dir, else download.
+    fid.weights_path = ml_collections.config_dict.placeholder(str)
+    # Also compute KID (unbiased, polynomial kernel).
+    fid.kid = True
+
+    if variant == "runlocal":
+        config.total_steps = 6
+        config.train.batch_size = 8
+        config.data.synthetic_num_train = 64
+        config.data.synthetic_num_eval = 32
+        config.data.shuffle_buffer = 64
+        config.log_every_steps = 2
+        config.sample_every_steps = 3
+        config.checkpoint_every_steps = 3
+        config.num_control_samples = 16
+        config.model.g_dim = 8
+        config.model.d_dim = 8
+    elif variant:
+        raise ValueError(f"unknown variant {variant!r} for configs/default.py (known: runlocal)")
+    return config

@@ -73,9 +73,9 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     model.d_dropout = 0.0
     # Conditioning on the 40 CelebA attributes (ACGAN): 0 = unconditional.
     model.num_attributes = 0
-    # Use the sub-pixel formulation of stride-2 transposed convs (same maths,
-    # much faster weight gradients on XLA:CPU; see models/layers.py).
-    model.fast_conv_transpose = True
+    # Use the equivalent fast formulations of stride-2 (transposed) convs (same
+    # maths, much faster gradients on XLA:CPU; see models/fast_conv.py).
+    model.fast_convs = True
     # Spectral-norm power iterations per training step (models that use SN).
     model.sn_power_iterations = 1
     # Minibatch-stddev group size (ACGAN D); must divide the per-device batch.

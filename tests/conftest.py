@@ -1,0 +1,36 @@
+"""Pytest set-up shared by the suite: CPU-only JAX with 2 fake devices, quiet TF, shared data paths.
+
+Tests that need the shared CelebA subset or the Inception fixture use the
+`shared_data` fixture, which *fails* (never skips) when the files are missing,
+so a CI machine without `../shared/data` cannot pass silently.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+# Must run before jax / tensorflow are imported anywhere in the test session.
+os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+if "--xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (
+        os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2"
+    ).strip()
+
+import pytest  # noqa: E402
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SHARED_DATA = Path(os.environ.get("FACEGAN_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The shared data folder (`../shared/data` or $FACEGAN_SHARED_DATA); fails if absent."""
+    if not (SHARED_DATA / "celeba").is_dir() or not (SHARED_DATA / "inception_fixture").is_dir():
+        pytest.fail(
+            f"shared test data not found at {SHARED_DATA} (expected celeba/ and "
+            "inception_fixture/); set FACEGAN_SHARED_DATA to its location"
+        )
+    return SHARED_DATA

@@ -1,0 +1,114 @@
+"""GAN losses: the one registry of adversarial losses, target sampling and the ACGAN aux loss.
+
+Every adversarial loss is written on logits with log-sigmoid / softplus, so no
+value of a logit can produce `inf` or `nan` (the seeds' `sigmoid` + `BCELoss`
+saturates to `log(0)` once D is confident).
+
+* ``minimax``: D minimises BCE(real -> 1, fake -> 0); G minimises the original
+  minimax objective ``E[log(1 - D(G(z)))]``.
+* ``non_saturating``: same D loss; G minimises BCE(fake -> 1) =
+  ``-E[log D(G(z))]``. This is what every seed's code actually computes for G
+  (criterion(output, ones)), so the seed recipes use it.
+* ``hinge``: D ``E[relu(1 - D(x))] + E[relu(1 + D(G(z)))]``, G ``-E[D(G(z))]``.
+
+Targets: BCE losses take soft targets, which is how one-sided label smoothing
+(real targets drawn from U(low, high), the improved DCGAN's U(0.7, 1.2)) and
+label noise (targets + noise * U(0, 1), the 128x128 Keras write-up) enter.
+The hinge loss ignores targets.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+
+def binary_cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
+    """Elementwise BCE of `sigmoid(logits)` against soft `targets`, finite for any logit.
+
+    Uses ``-t log s(x) - (1 - t) log(1 - s(x)) = softplus(x) - t x``, which also
+    holds for targets outside [0, 1] (label smoothing up to 1.2).
+    """
+    logits = logits.astype(jnp.float32)
+    return jax.nn.softplus(logits) - targets * logits
+
+
+@dataclasses.dataclass(frozen=True)
+class AdversarialLoss:
+    """A pair of loss functions on logits.
+
+    Attributes:
+      d_loss: (real_logits [B], fake_logits [B], real_targets [B], fake_targets [B]) -> scalar.
+      g_loss: (fake_logits [B]) -> scalar.
+    """
+
+    d_loss: Callable[[jax.Array, jax.Array, jax.Array, jax.Array], jax.Array]
+    g_loss: Callable[[jax.Array], jax.Array]
+
+
+def _bce_d_loss(real: jax.Array, fake: jax.Array, t_real: jax.Array, t_fake: jax.Array) -> jax.Array:
+    return binary_cross_entropy(real, t_real).mean() + binary_cross_entropy(fake, t_fake).mean()
+
+
+def _minimax_g_loss(fake: jax.Array) -> jax.Array:
+    # log(1 - sigmoid(x)) == -softplus(x): finite for every x.
+    return -jax.nn.softplus(fake.astype(jnp.float32)).mean()
+
+
+def _non_saturating_g_loss(fake: jax.Array) -> jax.Array:
+    return binary_cross_entropy(fake, jnp.ones_like(fake, jnp.float32)).mean()
+
+
+def _hinge_d_loss(real: jax.Array, fake: jax.Array, t_real: jax.Array, t_fake: jax.Array) -> jax.Array:
+    del t_real, t_fake
+    real, fake = real.astype(jnp.float32), fake.astype(jnp.float32)
+    return jax.nn.relu(1.0 - real).mean() + jax.nn.relu(1.0 + fake).mean()
+
+
+def _hinge_g_loss(fake: jax.Array) -> jax.Array:
+    return -fake.astype(jnp.float32).mean()
+
+
+LOSSES: dict[str, AdversarialLoss] = {
+    "minimax": AdversarialLoss(_bce_d_loss, _minimax_g_loss),
+    "non_saturating": AdversarialLoss(_bce_d_loss, _non_saturating_g_loss),
+    "hinge": AdversarialLoss(_hinge_d_loss, _hinge_g_loss),
+}
+
+
+def get_loss(name: str) -> AdversarialLoss:
+    """Returns the adversarial loss `config.loss.name`, with an error listing the known names."""
+    if name not in LOSSES:
+        raise ValueError(f"config.loss.name={name!r} is not a known loss; known: {sorted(LOSSES)}")
+    return LOSSES[name]
+
+
+def discriminator_targets(
+    key: jax.Array, batch_size: int, loss_config: Any
+) -> tuple[jax.Array, jax.Array]:
+    """Draws (real_targets [B], fake_targets [B]) for the BCE discriminator loss.
+
+    Real targets are U(real_label_low, real_label_high) (one-sided smoothing; a
+    constant 1 when low == high) and fake targets 0; `label_noise` then adds
+    `label_noise * U(0, 1)` to both, like the 128x128 Keras write-up.
+    """
+    k_smooth, k_noise_real, k_noise_fake = jax.random.split(key, 3)
+    low, high = loss_config.real_label_low, loss_config.real_label_high
+    if low == high:
+        t_real = jnp.full((batch_size,), low, jnp.float32)
+    else:
+        t_real = jax.random.uniform(k_smooth, (batch_size,), jnp.float32, low, high)
+    t_fake = jnp.zeros((batch_size,), jnp.float32)
+    if loss_config.label_noise:
+        t_real = t_real + loss_config.label_noise * jax.random.uniform(k_noise_real, (batch_size,))
+        t_fake = t_fake + loss_config.label_noise * jax.random.uniform(k_noise_fake, (batch_size,))
+    return t_real, t_fake
+
+
+def attribute_loss(attr_logits: jax.Array, attributes: jax.Array) -> jax.Array:
+    """ACGAN auxiliary loss: mean BCE over the batch and the 40 attributes."""
+    return binary_cross_entropy(attr_logits, attributes).mean()

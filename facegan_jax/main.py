@@ -1,0 +1,71 @@
+"""Command-line entry point: flags, config, distributed init, then `train.train_and_evaluate`.
+
+  python -m facegan_jax.main --config=configs/default.py --workdir=runs/default \
+      [--config.total_steps=500] [--distributed]
+
+`--config` takes a config file (optionally `file.py:variant`); any field can be
+overridden with `--config.<field>=<value>` and a misspelt field is an error
+that names it (the config is locked).
+"""
+
+from __future__ import annotations
+
+import os
+
+# JAX owns the accelerator: TensorFlow (tf.data, TFDS) must not grab it. Set
+# before TensorFlow is imported anywhere.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file(
+    "config", None, "Training config file (configs/*.py[:variant]).", lock_config=True
+)
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and samples.")
+flags.DEFINE_bool(
+    "distributed",
+    False,
+    "Call jax.distributed.initialize() (multi-host GPU/TPU, SLURM); launch.sh sets it.",
+)
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    import jax
+
+    if FLAGS.distributed:
+        jax.distributed.initialize()
+    hide_gpus_from_tensorflow()
+    from facegan_jax import train
+
+    logging.info(
+        "JAX process %d/%d, devices: %s",
+        jax.process_index(),
+        jax.process_count(),
+        jax.devices(),
+    )
+    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+
+
+def hide_gpus_from_tensorflow() -> None:
+    """Makes TensorFlow see no GPU/TPU so it does not reserve accelerator memory."""
+    import tensorflow as tf
+
+    try:
+        tf.config.set_visible_devices([], "GPU")
+        tf.config.set_visible_devices([], "TPU")
+    except (RuntimeError, ValueError):  # already initialised, or no such device type
+        pass
+
+
+def run() -> None:
+    """Console-script entry point."""
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()

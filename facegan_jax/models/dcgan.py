@@ -1,0 +1,195 @@
+"""DCGAN generator and discriminator (seeds 001 and 002), plain and "improved".
+
+Owns the DCGAN family of the model registry (`config.model.name = 'dcgan'`):
+
+* Generator: z -> ConvTranspose k4 (1x1 -> 4x4) -> BN -> act, then stride-2
+  ConvTranspose k4 + BN + act doubling the resolution up to `image_size / 2`,
+  and a last stride-2 ConvTranspose to `channels` with tanh. `act` is ReLU
+  (DCGAN) or LeakyReLU (the improved DCGAN of seed 001).
+* Discriminator: stride-2 Conv k4 + LeakyReLU(0.2) (no BN on the first layer,
+  as in the DCGAN paper), then stride-2 Conv k4 + BN + LeakyReLU down to 4x4,
+  optional Dropout after each block (improved DCGAN), and a 4x4 valid conv to
+  one logit. The seeds end D with a sigmoid + BCELoss; we return the logit and
+  the losses use log-sigmoid, which is the same maths without the overflow.
+
+Widths follow the seeds: the last G layer / first D layer has `g_dim` / `d_dim`
+channels and each resolution step doubles it (64x64 with 64: 512-256-128-64,
+the PyTorch DCGAN; 32x32 with 32: 128-64-32, seed 002's conv_dim 32).
+All weights are N(0, 0.02); BN scales N(1, 0.02) as in the DCGAN paper.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Dtype = Any
+_INIT = nn.initializers.normal(stddev=0.02)
+
+
+def _bn_scale_init(key: jax.Array, shape: tuple[int, ...], dtype: Dtype = jnp.float32) -> jax.Array:
+    return 1.0 + 0.02 * jax.random.normal(key, shape, dtype)
+
+
+def activation(name: str, slope: float = 0.2):
+    """Returns the activation function named by `config.model.*_activation`."""
+    if name == "relu":
+        return nn.relu
+    if name == "leaky_relu":
+        return lambda x: nn.leaky_relu(x, negative_slope=slope)
+    if name == "selu":
+        return nn.selu
+    raise ValueError(f"unknown activation {name!r} (config.model.g_activation / d_activation)")
+
+
+def num_resolution_steps(image_size: int) -> int:
+    """Number of x2 steps between 4x4 and `image_size` (which must be 4 * 2**k, k >= 1)."""
+    steps = math.log2(image_size / 4) if image_size >= 8 else -1
+    if steps != int(steps) or steps < 1:
+        raise ValueError(f"config.data.image_size={image_size} must be 4 * 2**k (8, 16, 32, 64, ...)")
+    return int(steps)
+
+
+def _batch_norm(train: bool, dtype: Dtype) -> nn.BatchNorm:
+    # momentum 0.9 == PyTorch's BatchNorm momentum 0.1; eps 1e-5 like PyTorch.
+    return nn.BatchNorm(
+        use_running_average=not train,
+        momentum=0.9,
+        epsilon=1e-5,
+        dtype=dtype,
+        scale_init=_bn_scale_init,
+    )
+
+
+def conv_transpose_2x(features: int, *, fast: bool, kernel_init: Any, dtype: Dtype) -> nn.Module:
+    """A k4 s2 transposed conv doubling H and W (PyTorch `ConvTranspose2d(k=4, s=2, p=1)`).
+
+    With `fast`, the sub-pixel formulation from `fast_conv` (same parameters and
+    maths, stride-1 convs only) replaces Flax's lhs-dilated transposed conv,
+    whose weight gradient is pathologically slow on XLA:CPU.
+    """
+    if fast:
+        from facegan_jax.models.fast_conv import FastConvTranspose2x
+
+        return FastConvTranspose2x(features, use_bias=False, kernel_init=kernel_init, dtype=dtype)
+    return nn.ConvTranspose(
+        features,
+        (4, 4),
+        strides=(2, 2),
+        padding=((2, 2), (2, 2)),
+        use_bias=False,
+        kernel_init=kernel_init,
+        dtype=dtype,
+    )
+
+
+def conv_stride_2(features: int, *, fast: bool, kernel_init: Any, dtype: Dtype) -> nn.Module:
+    """A k4 s2 p1 conv halving H and W (PyTorch `Conv2d(k=4, s=2, p=1)`); see `conv_transpose_2x`."""
+    if fast:
+        from facegan_jax.models.fast_conv import FastConvStride2
+
+        return FastConvStride2(features, use_bias=False, kernel_init=kernel_init, dtype=dtype)
+    return nn.Conv(
+        features,
+        (4, 4),
+        strides=(2, 2),
+        padding=((1, 1), (1, 1)),
+        use_bias=False,
+        kernel_init=kernel_init,
+        dtype=dtype,
+    )
+
+
+class Generator(nn.Module):
+    """DCGAN generator: z [B, z_dim] -> images [B, S, S, C] in [-1, 1]."""
+
+    image_size: int = 64
+    channels: int = 3
+    base_dim: int = 64
+    act: str = "relu"
+    leaky_slope: float = 0.2
+    fast_convs: bool = True
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, z: jax.Array, attributes: jax.Array | None = None, *, train: bool) -> jax.Array:
+        del attributes  # unconditional
+        steps = num_resolution_steps(self.image_size)
+        act = activation(self.act, self.leaky_slope)
+        width = self.base_dim * 2 ** (steps - 1)
+        x = z.reshape(z.shape[0], 1, 1, z.shape[-1]).astype(self.dtype)  # [B, 1, 1, Z]
+        x = nn.ConvTranspose(
+            width, (4, 4), padding="VALID", use_bias=False, kernel_init=_INIT, dtype=self.dtype
+        )(x)  # [B, 4, 4, width]
+        x = act(_batch_norm(train, self.dtype)(x))
+        for _ in range(steps - 1):
+            width //= 2
+            x = conv_transpose_2x(
+                width, fast=self.fast_convs, kernel_init=_INIT, dtype=self.dtype
+            )(x)  # [B, 2H, 2W, width]
+            x = act(_batch_norm(train, self.dtype)(x))
+        x = conv_transpose_2x(
+            self.channels, fast=self.fast_convs, kernel_init=_INIT, dtype=self.dtype
+        )(x)  # [B, S, S, C]
+        return jnp.tanh(x.astype(jnp.float32))
+
+
+class Discriminator(nn.Module):
+    """DCGAN discriminator: images [B, S, S, C] -> (logits [B], None)."""
+
+    image_size: int = 64
+    base_dim: int = 64
+    leaky_slope: float = 0.2
+    dropout: float = 0.0
+    fast_convs: bool = True
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, images: jax.Array, *, train: bool) -> tuple[jax.Array, None]:
+        steps = num_resolution_steps(self.image_size)
+        x = images.astype(self.dtype)
+        width = self.base_dim
+        for i in range(steps):
+            x = conv_stride_2(
+                width, fast=self.fast_convs, kernel_init=_INIT, dtype=self.dtype
+            )(x)  # [B, H/2, W/2, width]
+            if i > 0:
+                x = _batch_norm(train, self.dtype)(x)
+            x = nn.leaky_relu(x, negative_slope=self.leaky_slope)
+            if self.dropout > 0:
+                x = nn.Dropout(self.dropout, deterministic=not train)(x)
+            width *= 2
+        x = nn.Conv(1, (4, 4), padding="VALID", use_bias=False, kernel_init=_INIT, dtype=self.dtype)(
+            x
+        )  # [B, 1, 1, 1]
+        return x.reshape(x.shape[0]).astype(jnp.float32), None
+
+
+def build(config: Any) -> tuple[nn.Module, nn.Module]:
+    """Builds the DCGAN (generator, discriminator) pair from `config.model` / `config.data`."""
+    dtype = jnp.bfloat16 if config.train.mixed_precision else jnp.float32
+    m = config.model
+    if m.num_attributes:
+        raise ValueError("config.model.num_attributes must be 0 for 'dcgan' (use 'acgan')")
+    generator = Generator(
+        image_size=config.data.image_size,
+        channels=config.data.channels,
+        base_dim=m.g_dim,
+        act=m.g_activation,
+        leaky_slope=m.leaky_slope,
+        fast_convs=m.fast_convs,
+        dtype=dtype,
+    )
+    discriminator = Discriminator(
+        image_size=config.data.image_size,
+        base_dim=m.d_dim,
+        leaky_slope=m.leaky_slope,
+        dropout=m.d_dropout,
+        fast_convs=m.fast_convs,
+        dtype=dtype,
+    )
+    return generator, discriminator

@@ -1,0 +1,278 @@
+"""The pure train step: one generator update and `n_critic` discriminator updates.
+
+`make_train_step` returns `train_step(state, batch) -> (state, metrics)`, a pure
+function that train.py jits over the mesh with the state donated. All of one
+step's randomness comes from `fold_in(state.key, state.step)`, split by purpose.
+
+Update schedules (`config.train.schedule`):
+
+* ``alternating`` (most seeds, and PyTorch's DCGAN example): G runs forward
+  once, keeping its VJP; D is updated on the real batch and the detached fake
+  batch; then G's loss is taken through the *updated* D on the same fake batch
+  and pulled back through the stored VJP. With `n_critic > 1`, the first
+  `n_critic - 1` D updates use fresh fake batches generated without gradients,
+  and each D update uses its own real batch.
+* ``simultaneous`` (seed 004's TensorFlow write-up): one forward pass of G and
+  D; both gradients come from it (D's from its loss, G's through D at its
+  pre-update parameters) and both nets are updated together.
+
+The EMA generator follows the live one with decay
+``min(ema_decay, (1 + step) / (10 + step))`` (warm-up as in TF's
+ExponentialMovingAverage, so short runs are not dominated by the initial
+weights). BatchNorm running statistics are averaged the same way as the
+parameters: they are statistics of the live generator's activations, and the
+EMA of those tracks the activations of the EMA weights far better than a copy
+of the latest ones would. Spectral-norm vectors are copied from the live
+generator: they are power-iteration estimates, not quantities to average.
+With ``ema_decay = 0`` the EMA generator is exactly the live one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from facegan_jax import losses
+from facegan_jax.state import GanState
+
+PyTree = Any
+Batch = dict[str, jax.Array]
+Metrics = dict[str, jax.Array]
+
+SCHEDULES = ("alternating", "simultaneous")
+_MUTABLE = ["batch_stats", "spectral"]
+
+
+def ema_decay_at(step: jax.Array, ema_decay: float) -> jax.Array:
+    """The EMA decay used after `step` updates (with TF-style warm-up)."""
+    step = step.astype(jnp.float32)
+    return jnp.minimum(ema_decay, (1.0 + step) / (10.0 + step))
+
+
+def update_ema(state: GanState, ema_decay: float) -> GanState:
+    """Moves the EMA generator towards the live one (see the module docstring)."""
+    if ema_decay == 0:
+        return state.replace(ema_params=state.g_params, ema_vars=state.g_vars)
+    decay = ema_decay_at(state.step, ema_decay)
+
+    def avg(ema: jax.Array, live: jax.Array) -> jax.Array:
+        return (decay * ema + (1.0 - decay) * live).astype(live.dtype)
+
+    ema_params = jax.tree.map(avg, state.ema_params, state.g_params)
+    ema_vars = dict(state.g_vars)
+    if "batch_stats" in state.g_vars:
+        ema_vars["batch_stats"] = jax.tree.map(
+            avg, state.ema_vars["batch_stats"], state.g_vars["batch_stats"]
+        )
+    return state.replace(ema_params=ema_params, ema_vars=ema_vars)
+
+
+def validate_schedule(config: Any) -> None:
+    """Raises a ValueError naming the field if the update schedule is not usable."""
+    if config.train.schedule not in SCHEDULES:
+        raise ValueError(
+            f"config.train.schedule={config.train.schedule!r} is not known; known: {SCHEDULES}"
+        )
+    if config.train.n_critic < 1:
+        raise ValueError(f"config.train.n_critic={config.train.n_critic} must be >= 1")
+    if config.train.schedule == "simultaneous" and config.train.n_critic != 1:
+        raise ValueError("config.train.n_critic must be 1 with config.train.schedule='simultaneous'")
+
+
+def make_train_step(
+    config: Any,
+    generator: nn.Module,
+    discriminator: nn.Module,
+    g_tx: optax.GradientTransformation,
+    d_tx: optax.GradientTransformation,
+) -> Callable[[GanState, Batch], tuple[GanState, Metrics]]:
+    """Builds the pure train step for `config` (see the module docstring).
+
+    The batch holds `n_critic * B` real images (and attributes); B fake images
+    are generated per D update.
+    """
+    validate_schedule(config)
+    adv = losses.get_loss(config.loss.name)
+    conditional = bool(config.model.num_attributes)
+    n_critic = config.train.n_critic
+    aux_weight = config.loss.aux_weight
+    aux_on_fake = config.loss.aux_on_fake
+    z_dim = config.model.z_dim
+    ema_decay = config.train.ema_decay
+
+    def g_apply(g_params: PyTree, g_vars: PyTree, z: jax.Array, attrs: jax.Array | None):
+        images, updates = generator.apply(
+            {"params": g_params, **g_vars}, z, attrs, train=True, mutable=_MUTABLE
+        )
+        return images, {**g_vars, **updates}
+
+    def d_apply(d_params: PyTree, d_vars: PyTree, images: jax.Array, key: jax.Array):
+        (logits, attr_logits), updates = discriminator.apply(
+            {"params": d_params, **d_vars},
+            images,
+            train=True,
+            mutable=_MUTABLE,
+            rngs={"dropout": key},
+        )
+        return logits, attr_logits, {**d_vars, **updates}
+
+    def d_loss_from_logits(real_out, fake_out, targets, real_attrs, fake_attrs):
+        real_logits, real_attr_logits = real_out
+        fake_logits, fake_attr_logits = fake_out
+        loss = adv.d_loss(real_logits, fake_logits, *targets)
+        if conditional:
+            loss += aux_weight * losses.attribute_loss(real_attr_logits, real_attrs)
+            if aux_on_fake:
+                loss += aux_weight * losses.attribute_loss(fake_attr_logits, fake_attrs)
+        return loss
+
+    def g_loss_from_logits(fake_out, fake_attrs):
+        fake_logits, fake_attr_logits = fake_out
+        loss = adv.g_loss(fake_logits)
+        if conditional:
+            loss += aux_weight * losses.attribute_loss(fake_attr_logits, fake_attrs)
+        return loss
+
+    def sample_inputs(key: jax.Array, batch: int, real_attrs: jax.Array | None):
+        k_z, k_attr = jax.random.split(key)
+        z = jax.random.normal(k_z, (batch, z_dim), jnp.float32)  # [B, Z]
+        if not conditional:
+            return z, None
+        # Fake attributes are real attribute vectors (shuffled), so the joint
+        # distribution of attributes matches the data's.
+        return z, jax.random.permutation(k_attr, real_attrs, axis=0)  # [B, 40]
+
+    def d_update(state: GanState, real, real_attrs, fake, fake_attrs, key):
+        """One D update on real and (detached) fake images; returns (state, metrics)."""
+        k_t, k_real, k_fake = jax.random.split(key, 3)
+        targets = losses.discriminator_targets(k_t, real.shape[0], config.loss)
+
+        def loss_fn(d_params):
+            r_logits, r_attr, d_vars = d_apply(d_params, state.d_vars, real, k_real)
+            f_logits, f_attr, d_vars = d_apply(d_params, d_vars, fake, k_fake)
+            loss = d_loss_from_logits(
+                (r_logits, r_attr), (f_logits, f_attr), targets, real_attrs, fake_attrs
+            )
+            return loss, (d_vars, r_logits, f_logits, r_attr)
+
+        (loss, (d_vars, r_logits, f_logits, r_attr)), grads = jax.value_and_grad(
+            loss_fn, has_aux=True
+        )(state.d_params)
+        updates, d_opt_state = d_tx.update(grads, state.d_opt_state, state.d_params)
+        state = state.replace(
+            d_params=optax.apply_updates(state.d_params, updates),
+            d_vars=d_vars,
+            d_opt_state=d_opt_state,
+        )
+        metrics = {
+            "d_loss": loss,
+            "d_real": jax.nn.sigmoid(r_logits).mean(),
+            "d_fake": jax.nn.sigmoid(f_logits).mean(),
+            "d_grad_norm": optax.global_norm(grads),
+        }
+        if conditional:
+            metrics["d_attr_acc_real"] = ((r_attr > 0) == (real_attrs > 0.5)).mean()
+        return state, metrics
+
+    def g_update(state: GanState, g_grads: PyTree, g_vars: PyTree) -> GanState:
+        updates, g_opt_state = g_tx.update(g_grads, state.g_opt_state, state.g_params)
+        return state.replace(
+            g_params=optax.apply_updates(state.g_params, updates),
+            g_vars=g_vars,
+            g_opt_state=g_opt_state,
+        )
+
+    def alternating(state: GanState, batch: Batch, key: jax.Array):
+        real_all = batch["image"]
+        B = real_all.shape[0] // n_critic
+        attrs_all = batch["attributes"] if conditional else None
+        keys = jax.random.split(key, 2 * n_critic + 1)
+        metrics = {}
+        for i in range(n_critic):
+            real = real_all[i * B : (i + 1) * B]  # [B, H, W, C]
+            real_attrs = attrs_all[i * B : (i + 1) * B] if conditional else None
+            z, fake_attrs = sample_inputs(keys[2 * i], B, real_attrs)
+            if i < n_critic - 1:
+                fake, g_vars = g_apply(state.g_params, state.g_vars, z, fake_attrs)
+                state = state.replace(g_vars=g_vars)
+                state, metrics = d_update(
+                    state, real, real_attrs, jax.lax.stop_gradient(fake), fake_attrs, keys[2 * i + 1]
+                )
+                continue
+            # Last critic step: keep G's VJP to reuse this fake batch for the G update.
+            fake, g_vjp, g_vars = jax.vjp(
+                lambda p, z=z, a=fake_attrs: g_apply(p, state.g_vars, z, a),
+                state.g_params,
+                has_aux=True,
+            )
+            state, metrics = d_update(state, real, real_attrs, fake, fake_attrs, keys[2 * i + 1])
+
+        def g_loss_fn(fake_images):
+            f_logits, f_attr, d_vars = d_apply(state.d_params, state.d_vars, fake_images, keys[-1])
+            return g_loss_from_logits((f_logits, f_attr), fake_attrs), d_vars
+
+        (g_loss, d_vars), fake_grad = jax.value_and_grad(g_loss_fn, has_aux=True)(fake)
+        (g_grads,) = g_vjp(fake_grad)
+        state = g_update(state.replace(d_vars=d_vars), g_grads, g_vars)
+        metrics.update(g_loss=g_loss, g_grad_norm=optax.global_norm(g_grads))
+        return state, metrics
+
+    def simultaneous(state: GanState, batch: Batch, key: jax.Array):
+        real = batch["image"]
+        B = real.shape[0]
+        real_attrs = batch["attributes"] if conditional else None
+        k_in, k_t, k_real, k_fake = jax.random.split(key, 4)
+        z, fake_attrs = sample_inputs(k_in, B, real_attrs)
+        targets = losses.discriminator_targets(k_t, B, config.loss)
+        fake, g_vjp, g_vars = jax.vjp(
+            lambda p: g_apply(p, state.g_vars, z, fake_attrs), state.g_params, has_aux=True
+        )
+
+        def d_outputs(d_params, fake_images):
+            r_logits, r_attr, d_vars = d_apply(d_params, state.d_vars, real, k_real)
+            f_logits, f_attr, d_vars = d_apply(d_params, d_vars, fake_images, k_fake)
+            return ((r_logits, r_attr), (f_logits, f_attr)), d_vars
+
+        outs, d_vjp, d_vars = jax.vjp(d_outputs, state.d_params, fake, has_aux=True)
+        d_loss, d_cot = jax.value_and_grad(
+            lambda o: d_loss_from_logits(o[0], o[1], targets, real_attrs, fake_attrs)
+        )(outs)
+        g_loss, g_cot = jax.value_and_grad(lambda o: g_loss_from_logits(o[1], fake_attrs))(outs)
+        d_grads, _ = d_vjp(d_cot)
+        _, fake_grad = d_vjp(g_cot)
+        (g_grads,) = g_vjp(fake_grad)
+        d_updates, d_opt_state = d_tx.update(d_grads, state.d_opt_state, state.d_params)
+        state = state.replace(
+            d_params=optax.apply_updates(state.d_params, d_updates),
+            d_vars=d_vars,
+            d_opt_state=d_opt_state,
+        )
+        state = g_update(state, g_grads, g_vars)
+        (r_logits, r_attr), (f_logits, _) = outs
+        metrics = {
+            "d_loss": d_loss,
+            "g_loss": g_loss,
+            "d_real": jax.nn.sigmoid(r_logits).mean(),
+            "d_fake": jax.nn.sigmoid(f_logits).mean(),
+            "d_grad_norm": optax.global_norm(d_grads),
+            "g_grad_norm": optax.global_norm(g_grads),
+        }
+        if conditional:
+            metrics["d_attr_acc_real"] = ((r_attr > 0) == (real_attrs > 0.5)).mean()
+        return state, metrics
+
+    update = alternating if config.train.schedule == "alternating" else simultaneous
+
+    def train_step(state: GanState, batch: Batch) -> tuple[GanState, Metrics]:
+        key = jax.random.fold_in(state.key, state.step)
+        state, metrics = update(state, batch, key)
+        state = state.replace(step=state.step + 1, examples_seen=state.examples_seen + batch["image"].shape[0])
+        state = update_ema(state, ema_decay)
+        return state, metrics
+
+    return train_step

@@ -150,17 +150,25 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     fid.kid = True
 
     if variant == "runlocal":
-        config.total_steps = 6
-        config.train.batch_size = 8
-        config.data.synthetic_num_train = 64
-        config.data.synthetic_num_eval = 32
-        config.data.shuffle_buffer = 64
-        config.log_every_steps = 2
-        config.sample_every_steps = 3
-        config.checkpoint_every_steps = 3
-        config.num_control_samples = 16
-        config.model.g_dim = 8
-        config.model.d_dim = 8
+        shrink_to_runlocal(config)
     elif variant:
         raise ValueError(f"unknown variant {variant!r} for configs/default.py (known: runlocal)")
+    return config
+
+
+def shrink_to_runlocal(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Shrinks any recipe to a smoke run: a few steps, tiny batch, widths and dataset."""
+    config.total_steps = 6
+    config.train.batch_size = 8
+    config.data.synthetic_num_train = 64
+    config.data.synthetic_num_eval = 32
+    config.data.shuffle_buffer = 64
+    config.log_every_steps = 2
+    config.sample_every_steps = 3
+    config.checkpoint_every_steps = 3
+    config.num_control_samples = 16
+    config.model.g_dim = 8
+    config.model.d_dim = 8
+    config.fid.num_samples = 16
+    config.fid.batch_size = 8
     return config

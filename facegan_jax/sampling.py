@@ -50,15 +50,28 @@ def make_generate_fn(
     The generator runs in eval mode (BatchNorm running statistics, frozen
     spectral-norm vectors), so each image depends on its own latent only.
     `attributes` is `[N, 40]` for conditional models and ignored otherwise.
+
+    Images are generated one at a time inside the graph (`lax.map` over a
+    batch-1 generator): XLA picks different convolution kernels for different
+    batch shapes, whose float results differ in the last bits, so this is what
+    makes an image bit-identical whatever the batch size.
     """
     z_dim = config.model.z_dim
     conditional = bool(config.model.num_attributes)
 
     def generate(variables: PyTree, indices: jax.Array, attributes: jax.Array | None = None):
         z = latents(seed, indices, z_dim)  # [N, Z]
-        if conditional and attributes is None:
+        if not conditional:
+            attributes = jnp.zeros((z.shape[0], 0), jnp.float32)  # unused
+        elif attributes is None:
             attributes = jnp.zeros((z.shape[0], NUM_ATTRIBUTES), jnp.float32)
-        return generator.apply(variables, z, attributes if conditional else None, train=False)
+
+        def one(args: tuple[jax.Array, jax.Array]) -> jax.Array:
+            z_i, a_i = args
+            a = a_i[None] if conditional else None
+            return generator.apply(variables, z_i[None], a, train=False)[0]  # [H, W, C]
+
+        return jax.lax.map(one, (z, jnp.asarray(attributes, jnp.float32)))  # [N, H, W, C]
 
     return generate
 

@@ -37,6 +37,7 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     import jax
 
+    quiet_library_logs()
     if FLAGS.distributed:
         jax.distributed.initialize()
     hide_gpus_from_tensorflow()
@@ -49,6 +50,20 @@ def main(argv: list[str]) -> None:
         jax.devices(),
     )
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+
+
+class _DropLibraryInfo:
+    """absl log filter: keeps warnings and errors from orbax/tfds, drops their INFO chatter."""
+
+    _NOISY = ("/orbax/", "/tensorflow_datasets/", "/absl/logging")
+
+    def filter(self, record) -> bool:
+        return record.levelno >= 30 or not any(n in record.pathname for n in self._NOISY)
+
+
+def quiet_library_logs() -> None:
+    """Keeps the training log readable: our lines plus library warnings."""
+    logging.get_absl_handler().addFilter(_DropLibraryInfo())
 
 
 def hide_gpus_from_tensorflow() -> None:

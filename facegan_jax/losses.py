@@ -50,7 +50,9 @@ class AdversarialLoss:
     g_loss: Callable[[jax.Array], jax.Array]
 
 
-def _bce_d_loss(real: jax.Array, fake: jax.Array, t_real: jax.Array, t_fake: jax.Array) -> jax.Array:
+def _bce_d_loss(
+    real: jax.Array, fake: jax.Array, t_real: jax.Array, t_fake: jax.Array
+) -> jax.Array:
     return binary_cross_entropy(real, t_real).mean() + binary_cross_entropy(fake, t_fake).mean()
 
 
@@ -63,7 +65,9 @@ def _non_saturating_g_loss(fake: jax.Array) -> jax.Array:
     return binary_cross_entropy(fake, jnp.ones_like(fake, jnp.float32)).mean()
 
 
-def _hinge_d_loss(real: jax.Array, fake: jax.Array, t_real: jax.Array, t_fake: jax.Array) -> jax.Array:
+def _hinge_d_loss(
+    real: jax.Array, fake: jax.Array, t_real: jax.Array, t_fake: jax.Array
+) -> jax.Array:
     del t_real, t_fake
     real, fake = real.astype(jnp.float32), fake.astype(jnp.float32)
     return jax.nn.relu(1.0 - real).mean() + jax.nn.relu(1.0 + fake).mean()

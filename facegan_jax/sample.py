@@ -18,13 +18,13 @@ from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
+import jax
+import numpy as np
 
-from facegan_jax import checkpointing, sampling, sharding  # noqa: E402
-from facegan_jax import state as state_lib  # noqa: E402
-from facegan_jax.datasets.celeba_attributes import NUM_ATTRIBUTES, attribute_index  # noqa: E402
-from facegan_jax.models import build_models  # noqa: E402
+from facegan_jax import checkpointing, sampling, sharding
+from facegan_jax import state as state_lib
+from facegan_jax.datasets.celeba_attributes import NUM_ATTRIBUTES, attribute_index
+from facegan_jax.models import build_models
 
 SAMPLE_SEED = 0
 
@@ -95,7 +95,9 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 pool_path = os.path.join(args.workdir, "attribute_pool.npy")
                 pool = np.load(pool_path)
-                attributes = np.asarray(sampling.pool_attributes(SAMPLE_SEED, np.asarray(seeds), pool))
+                attributes = np.asarray(
+                    sampling.pool_attributes(SAMPLE_SEED, np.asarray(seeds), pool)
+                )
         images = sampling.generate_in_batches(
             generate, variables, seeds, args.batch_size, attributes
         )

@@ -28,7 +28,9 @@ def batch_sharded(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec("data"))
 
 
-def check_global_batch(global_batch: int, mesh: Mesh, field: str = "config.train.batch_size") -> int:
+def check_global_batch(
+    global_batch: int, mesh: Mesh, field: str = "config.train.batch_size"
+) -> int:
     """Validates a global batch against the mesh and process count.
 
     Returns:

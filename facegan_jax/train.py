@@ -166,7 +166,11 @@ def train_and_evaluate(config: Any, workdir: str) -> state_lib.GanState:
     writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
     if initial_step == 0:
         writer.write_hparams(
-            {k: v for k, v in _flatten(config.to_dict()).items() if isinstance(v, int | float | str)}
+            {
+                k: v
+                for k, v in _flatten(config.to_dict()).items()
+                if isinstance(v, int | float | str)
+            }
         )
 
     rep, batch_sharding = sharding.replicated(mesh), sharding.batch_sharded(mesh)

@@ -81,7 +81,9 @@ def validate_schedule(config: Any) -> None:
     if config.train.n_critic < 1:
         raise ValueError(f"config.train.n_critic={config.train.n_critic} must be >= 1")
     if config.train.schedule == "simultaneous" and config.train.n_critic != 1:
-        raise ValueError("config.train.n_critic must be 1 with config.train.schedule='simultaneous'")
+        raise ValueError(
+            "config.train.n_critic must be 1 with config.train.schedule='simultaneous'"
+        )
 
 
 def make_train_step(
@@ -201,12 +203,17 @@ def make_train_step(
                 fake, g_vars = g_apply(state.g_params, state.g_vars, z, fake_attrs)
                 state = state.replace(g_vars=g_vars)
                 state, metrics = d_update(
-                    state, real, real_attrs, jax.lax.stop_gradient(fake), fake_attrs, keys[2 * i + 1]
+                    state,
+                    real,
+                    real_attrs,
+                    jax.lax.stop_gradient(fake),
+                    fake_attrs,
+                    keys[2 * i + 1],
                 )
                 continue
             # Last critic step: keep G's VJP to reuse this fake batch for the G update.
             fake, g_vjp, g_vars = jax.vjp(
-                lambda p, z=z, a=fake_attrs: g_apply(p, state.g_vars, z, a),
+                lambda p, z=z, a=fake_attrs, v=state.g_vars: g_apply(p, v, z, a),
                 state.g_params,
                 has_aux=True,
             )
@@ -271,7 +278,9 @@ def make_train_step(
     def train_step(state: GanState, batch: Batch) -> tuple[GanState, Metrics]:
         key = jax.random.fold_in(state.key, state.step)
         state, metrics = update(state, batch, key)
-        state = state.replace(step=state.step + 1, examples_seen=state.examples_seen + batch["image"].shape[0])
+        state = state.replace(
+            step=state.step + 1, examples_seen=state.examples_seen + batch["image"].shape[0]
+        )
         state = update_ema(state, ema_decay)
         return state, metrics
 

@@ -1,4 +1,4 @@
-"""Every config in configs/ loads by path (as the CLI does), builds its models, and locks its keys."""
+"""Every config in configs/ loads by path (as the CLI does), validates and builds its models."""
 
 from __future__ import annotations
 
@@ -42,9 +42,13 @@ def test_config_loads_validates_and_builds_models(path):
         g, d = build_models(config)
         z = jnp.zeros((4, config.model.z_dim))
         attrs = jnp.zeros((4, 40)) if config.model.num_attributes else None
-        g_shapes = jax.eval_shape(lambda g=g, z=z, a=attrs: g.init(jax.random.PRNGKey(0), z, a, train=False))
+        g_shapes = jax.eval_shape(
+            lambda g=g, z=z, a=attrs: g.init(jax.random.PRNGKey(0), z, a, train=False)
+        )
         s, c = config.data.image_size, config.data.channels
-        images = jax.eval_shape(lambda v, g=g, z=z, a=attrs: g.apply(v, z, a, train=False), g_shapes)
+        images = jax.eval_shape(
+            lambda v, g=g, z=z, a=attrs: g.apply(v, z, a, train=False), g_shapes
+        )
         assert images.shape == (4, s, s, c)
 
 

@@ -33,7 +33,8 @@ def test_dcgan64_widths_match_the_pytorch_dcgan():
     z = jnp.zeros((2, 100))
     g_shapes = jax.eval_shape(lambda: g.init(jax.random.PRNGKey(0), z, None, train=False))
     kernels = [
-        v.shape for k, v in jax.tree_util.tree_flatten_with_path(g_shapes["params"])[0]
+        v.shape
+        for k, v in jax.tree_util.tree_flatten_with_path(g_shapes["params"])[0]
         if "kernel" in jax.tree_util.keystr(k)
     ]
     # nz -> 512 -> 256 -> 128 -> 64 -> 3, all 4x4 kernels (PyTorch DCGAN, ngf = 64).

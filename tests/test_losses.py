@@ -32,15 +32,19 @@ def test_bce_matches_the_textbook_formula():
 def test_generator_losses():
     x = jnp.asarray([-1.0, 2.0])
     p = 1 / (1 + np.exp(-np.asarray(x)))
-    np.testing.assert_allclose(losses.get_loss("minimax").g_loss(x), np.mean(np.log(1 - p)), rtol=1e-5)
-    np.testing.assert_allclose(losses.get_loss("non_saturating").g_loss(x), -np.mean(np.log(p)), rtol=1e-5)
+    np.testing.assert_allclose(
+        losses.get_loss("minimax").g_loss(x), np.mean(np.log(1 - p)), rtol=1e-5
+    )
+    np.testing.assert_allclose(
+        losses.get_loss("non_saturating").g_loss(x), -np.mean(np.log(p)), rtol=1e-5
+    )
     np.testing.assert_allclose(losses.get_loss("hinge").g_loss(x), -0.5, rtol=1e-6)
 
 
 def test_one_sided_label_smoothing_draws_real_targets_from_the_range():
     config = tiny_config(**{"loss.real_label_low": 0.7, "loss.real_label_high": 1.2})
     t_real, t_fake = losses.discriminator_targets(jax.random.PRNGKey(0), 4096, config.loss)
-    assert 0.7 <= float(t_real.min()) and float(t_real.max()) <= 1.2
+    assert float(t_real.min()) >= 0.7 and float(t_real.max()) <= 1.2
     assert abs(float(t_real.mean()) - 0.95) < 0.02
     assert float(jnp.abs(t_fake).max()) == 0.0  # one-sided: fake targets untouched
 
@@ -48,8 +52,8 @@ def test_one_sided_label_smoothing_draws_real_targets_from_the_range():
 def test_label_noise_adds_uniform_noise_to_both_targets():
     config = tiny_config(**{"loss.label_noise": 0.05})
     t_real, t_fake = losses.discriminator_targets(jax.random.PRNGKey(1), 4096, config.loss)
-    assert 1.0 <= float(t_real.min()) and float(t_real.max()) <= 1.05
-    assert 0.0 <= float(t_fake.min()) and float(t_fake.max()) <= 0.05
+    assert float(t_real.min()) >= 1.0 and float(t_real.max()) <= 1.05
+    assert float(t_fake.min()) >= 0.0 and float(t_fake.max()) <= 0.05
     assert abs(float(t_fake.mean()) - 0.025) < 0.003
 
 

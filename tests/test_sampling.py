@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import jax
 import numpy as np
 import pytest
 
@@ -31,7 +30,9 @@ def test_seeded_images_identical_across_batch_sizes():
     }
     for bs in (3, 8):
         np.testing.assert_array_equal(by_batch[1], by_batch[bs])
-        np.testing.assert_array_equal(sampling.to_uint8(by_batch[1]), sampling.to_uint8(by_batch[bs]))
+        np.testing.assert_array_equal(
+            sampling.to_uint8(by_batch[1]), sampling.to_uint8(by_batch[bs])
+        )
     assert by_batch[1].shape == (7, 32, 32, 3)
     assert not np.array_equal(by_batch[1][0], by_batch[1][1])
 
@@ -50,4 +51,3 @@ def test_grid_layout():
     assert grid.shape == (2 * 5 + 1, 3 * 5 + 1, 3)
     assert grid[1, 1, 0] == 0 and grid[1, 6, 0] == 1 and grid[6, 1, 0] == 3
     assert grid[0, 0, 0] == 128  # padding
-    del jax

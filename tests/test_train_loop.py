@@ -44,13 +44,24 @@ def test_train_resume_and_sample(tmp_path, caplog):
     out = tmp_path / "grid.png"
     out_dir = tmp_path / "faces"
     rc = sample.main(
-        ["--workdir", str(workdir), "--seeds", "0-5", "--out", str(out), "--out-dir", str(out_dir),
-         "--batch-size", "4"]
+        [
+            "--workdir",
+            str(workdir),
+            "--seeds",
+            "0-5",
+            "--out",
+            str(out),
+            "--out-dir",
+            str(out_dir),
+            "--batch-size",
+            "4",
+        ]
     )
     assert rc == 0
     assert sorted(os.listdir(out_dir)) == [f"seed_{i:05d}.png" for i in range(6)]
     again = tmp_path / "again"
     assert sample.main(["--workdir", str(workdir), "--seeds", "3", "--out-dir", str(again)]) == 0
     np.testing.assert_array_equal(
-        np.asarray(Image.open(out_dir / "seed_00003.png")), np.asarray(Image.open(again / "seed_00003.png"))
+        np.asarray(Image.open(out_dir / "seed_00003.png")),
+        np.asarray(Image.open(again / "seed_00003.png")),
     )

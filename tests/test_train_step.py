@@ -20,7 +20,10 @@ def _setup(config):
 
 
 def _changed(a, b) -> bool:
-    return any(not np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
+    return any(
+        not np.array_equal(x, y)
+        for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
+    )
 
 
 @pytest.mark.parametrize(
@@ -100,7 +103,9 @@ def test_ema_with_zero_decay_is_the_live_generator_and_stats_are_averaged():
     diff = jax.tree.map(
         lambda e, o: e - o, averaged.ema_vars["batch_stats"], old.ema_vars["batch_stats"]
     )
-    np.testing.assert_allclose(np.concatenate([np.ravel(x) for x in jax.tree.leaves(diff)]), 0.1, rtol=1e-5)
+    np.testing.assert_allclose(
+        np.concatenate([np.ravel(x) for x in jax.tree.leaves(diff)]), 0.1, rtol=1e-5
+    )
 
 
 def test_bad_schedule_names_the_field():

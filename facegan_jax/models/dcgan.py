@@ -50,7 +50,9 @@ def num_resolution_steps(image_size: int) -> int:
     """Number of x2 steps between 4x4 and `image_size` (which must be 4 * 2**k, k >= 1)."""
     steps = math.log2(image_size / 4) if image_size >= 8 else -1
     if steps != int(steps) or steps < 1:
-        raise ValueError(f"config.data.image_size={image_size} must be 4 * 2**k (8, 16, 32, 64, ...)")
+        raise ValueError(
+            f"config.data.image_size={image_size} must be 4 * 2**k (8, 16, 32, 64, ...)"
+        )
     return int(steps)
 
 
@@ -88,7 +90,10 @@ def conv_transpose_2x(features: int, *, fast: bool, kernel_init: Any, dtype: Dty
 
 
 def conv_stride_2(features: int, *, fast: bool, kernel_init: Any, dtype: Dtype) -> nn.Module:
-    """A k4 s2 p1 conv halving H and W (PyTorch `Conv2d(k=4, s=2, p=1)`); see `conv_transpose_2x`."""
+    """A k4 s2 p1 conv halving H and W (PyTorch `Conv2d(k=4, s=2, p=1)`).
+
+    See `conv_transpose_2x` for `fast`.
+    """
     if fast:
         from facegan_jax.models.fast_conv import FastConvStride2
 
@@ -116,7 +121,9 @@ class Generator(nn.Module):
     dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, z: jax.Array, attributes: jax.Array | None = None, *, train: bool) -> jax.Array:
+    def __call__(
+        self, z: jax.Array, attributes: jax.Array | None = None, *, train: bool
+    ) -> jax.Array:
         del attributes  # unconditional
         steps = num_resolution_steps(self.image_size)
         act = activation(self.act, self.leaky_slope)
@@ -128,9 +135,9 @@ class Generator(nn.Module):
         x = act(_batch_norm(train, self.dtype)(x))
         for _ in range(steps - 1):
             width //= 2
-            x = conv_transpose_2x(
-                width, fast=self.fast_convs, kernel_init=_INIT, dtype=self.dtype
-            )(x)  # [B, 2H, 2W, width]
+            x = conv_transpose_2x(width, fast=self.fast_convs, kernel_init=_INIT, dtype=self.dtype)(
+                x
+            )  # [B, 2H, 2W, width]
             x = act(_batch_norm(train, self.dtype)(x))
         x = conv_transpose_2x(
             self.channels, fast=self.fast_convs, kernel_init=_INIT, dtype=self.dtype
@@ -154,18 +161,18 @@ class Discriminator(nn.Module):
         x = images.astype(self.dtype)
         width = self.base_dim
         for i in range(steps):
-            x = conv_stride_2(
-                width, fast=self.fast_convs, kernel_init=_INIT, dtype=self.dtype
-            )(x)  # [B, H/2, W/2, width]
+            x = conv_stride_2(width, fast=self.fast_convs, kernel_init=_INIT, dtype=self.dtype)(
+                x
+            )  # [B, H/2, W/2, width]
             if i > 0:
                 x = _batch_norm(train, self.dtype)(x)
             x = nn.leaky_relu(x, negative_slope=self.leaky_slope)
             if self.dropout > 0:
                 x = nn.Dropout(self.dropout, deterministic=not train)(x)
             width *= 2
-        x = nn.Conv(1, (4, 4), padding="VALID", use_bias=False, kernel_init=_INIT, dtype=self.dtype)(
-            x
-        )  # [B, 1, 1, 1]
+        x = nn.Conv(
+            1, (4, 4), padding="VALID", use_bias=False, kernel_init=_INIT, dtype=self.dtype
+        )(x)  # [B, 1, 1, 1]
         return x.reshape(x.shape[0]).astype(jnp.float32), None
 
 

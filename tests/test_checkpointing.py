@@ -34,8 +34,8 @@ def test_save_restore_round_trip_is_exact(tmp_path):
         np.testing.assert_array_equal(x, y, err_msg=jax.tree_util.keystr(path))
     assert int(restored.step) == 1
     # The restored state continues exactly like the original.
-    s1, m1 = step(state, jax.device_put(fake_batch(config, 7), sharding.batch_sharded(mesh)))
-    s2, m2 = step(restored, jax.device_put(fake_batch(config, 7), sharding.batch_sharded(mesh)))
+    _, m1 = step(state, jax.device_put(fake_batch(config, 7), sharding.batch_sharded(mesh)))
+    _, m2 = step(restored, jax.device_put(fake_batch(config, 7), sharding.batch_sharded(mesh)))
     np.testing.assert_array_equal(np.asarray(m1["d_loss"]), np.asarray(m2["d_loss"]))
 
 
@@ -56,10 +56,12 @@ def test_config_json_is_written_once_and_never_overwritten(tmp_path):
     config = tiny_config()
     checkpointing.write_config(str(tmp_path), config)
     path = os.path.join(tmp_path, "config.json")
-    original = open(path).read()
+    with open(path) as f:
+        original = f.read()
     config.total_steps = 999
     checkpointing.write_config(str(tmp_path), config)
-    assert open(path).read() == original
+    with open(path) as f:
+        assert f.read() == original
     assert json.loads(original)["total_steps"] == 6
     assert checkpointing.read_config(str(tmp_path)).data.crop_box == (0, 0, 0, 0)
 

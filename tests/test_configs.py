@@ -37,9 +37,10 @@ def test_config_loads_validates_and_builds_models(path):
         config = _load(path, variant)
         train.validate_config(config)
         assert config.total_steps > 0
-        doc = open(path).read()
+        with open(path) as f:
+            doc = f.read()
         assert "python -m facegan_jax.main --config=configs/" in doc  # the command is documented
-        g, d = build_models(config)
+        g, _ = build_models(config)
         z = jnp.zeros((4, config.model.z_dim))
         attrs = jnp.zeros((4, 40)) if config.model.num_attributes else None
         g_shapes = jax.eval_shape(

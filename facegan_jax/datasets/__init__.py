@@ -1,1 +1,1 @@
-"""TFDS dataset builders we own (`synthetic_faces`, `celeba_local`) and the CelebA attribute names."""
+"""TFDS builders we own (`synthetic_faces`, `celeba_local`) and the CelebA attribute names."""

@@ -1,0 +1,74 @@
+r"""Builds the `celeba_local` TFDS dataset from CelebA files downloaded by hand.
+
+This module owns the command line around `facegan_jax.datasets.celeba_local`:
+validate the manual files, build with a progress bar, print a summary.
+
+  python -m data_prep.prepare_celeba --manual_dir ~/celeba --data_dir ~/tensorflow_datasets
+
+`--manual_dir` holds `img_align_celeba.zip` (or the extracted `img_align_celeba/`),
+`list_attr_celeba.txt` and `list_eval_partition.txt`. Then train with
+`--config.data.name=celeba_local --config.data.tfds_data_dir=<data_dir>`.
+
+Exit status: 0 built (or already built: an existing dataset is reused, never
+overwritten); 2 bad input (one line on stderr naming the file, nothing written).
+The outcome for every kind of bad input is listed in celeba_local's docstring.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+
+# TF (imported by TFDS) must not take the accelerator; set before any TF op.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import tensorflow as tf
+
+with contextlib.suppress(RuntimeError, ValueError):  # already initialised / no such device
+    tf.config.set_visible_devices([], "GPU")
+
+import tensorflow_datasets as tfds
+
+from facegan_jax.datasets import celeba_local
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs the command line.
+
+    Args:
+      argv: arguments without the program name (default `sys.argv[1:]`).
+
+    Returns:
+      The exit status (0 success, 2 bad input).
+    """
+    parser = argparse.ArgumentParser(
+        prog="python -m data_prep.prepare_celeba",
+        description="Build the celeba_local TFDS dataset from the official CelebA files.",
+    )
+    parser.add_argument("--manual_dir", required=True, help="folder with the downloaded files")
+    parser.add_argument("--data_dir", default=None, help="TFDS data_dir (default: TFDS's)")
+    parser.add_argument("--no_progress", action="store_true", help="hide the progress bars")
+    args = parser.parse_args(argv)
+    if args.no_progress:
+        tfds.disable_progress_bar()  # TFDS's own bars and banner; this process only builds
+    try:
+        builder, report = celeba_local.prepare(
+            args.manual_dir, args.data_dir, show_progress=not args.no_progress
+        )
+    except celeba_local.CelebaInputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if report is None:
+        print(
+            f"celeba_local is already built at {builder.data_path}; nothing done "
+            "(an existing dataset is never overwritten)"
+        )
+    else:
+        print(f"built celeba_local {builder.version} at {builder.data_path}")
+        print("\n".join(report.summary_lines()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -75,7 +75,7 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     model.num_attributes = 0
     # Use the equivalent fast formulations of stride-2 (transposed) convs (same
     # maths, much faster gradients on XLA:CPU; see models/fast_conv.py).
-    model.fast_convs = False
+    model.fast_convs = True
     # Spectral-norm power iterations per training step (models that use SN).
     model.sn_power_iterations = 1
     # Minibatch-stddev group size (ACGAN D); must divide the per-device batch.

@@ -20,10 +20,10 @@ import platform
 import statistics
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
 from absl import app, flags
 from ml_collections import config_flags
+
+from facegan_jax import runtime
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", "configs/dcgan64.py", "Config file.", lock_config=True)
@@ -164,9 +164,8 @@ def main(argv: list[str]) -> None:
     del argv
     import jax
 
-    from facegan_jax.main import hide_gpus_from_tensorflow
-
-    hide_gpus_from_tensorflow()
+    runtime.configure_xla_cpu()  # before JAX initialises its backends
+    runtime.hide_accelerators_from_tensorflow()
     config = FLAGS.config
     print(
         f"device: {jax.devices()} ({platform.processor() or platform.machine()}, "

@@ -10,14 +10,10 @@ that names it (the config is locked).
 
 from __future__ import annotations
 
-import os
-
-# JAX owns the accelerator: TensorFlow (tf.data, TFDS) must not grab it. Set
-# before TensorFlow is imported anywhere.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+from facegan_jax import runtime
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -35,12 +31,13 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    runtime.configure_xla_cpu()  # before JAX initialises its backends
     import jax
 
     quiet_library_logs()
     if FLAGS.distributed:
         jax.distributed.initialize()
-    hide_gpus_from_tensorflow()
+    runtime.hide_accelerators_from_tensorflow()
     from facegan_jax import train
 
     logging.info(
@@ -64,17 +61,6 @@ class _DropLibraryInfo:
 def quiet_library_logs() -> None:
     """Keeps the training log readable: our lines plus library warnings."""
     logging.get_absl_handler().addFilter(_DropLibraryInfo())
-
-
-def hide_gpus_from_tensorflow() -> None:
-    """Makes TensorFlow see no GPU/TPU so it does not reserve accelerator memory."""
-    import tensorflow as tf
-
-    try:
-        tf.config.set_visible_devices([], "GPU")
-        tf.config.set_visible_devices([], "TPU")
-    except (RuntimeError, ValueError):  # already initialised, or no such device type
-        pass
 
 
 def run() -> None:

@@ -7,7 +7,6 @@ once per session (~40 s on 2 cores); bad-input cases use small crafted copies.
 from __future__ import annotations
 
 import os
-import pickle
 import shutil
 import zipfile
 from pathlib import Path
@@ -21,19 +20,9 @@ from facegan_jax.datasets import celeba_local
 from facegan_jax.datasets.celeba_attributes import CELEBA_ATTRIBUTES
 
 
-def _build_shared_subset(shared_data: Path, tmp_path_factory) -> tuple:
-    """Builds the shared subset once per session; the report is kept beside it for reuse."""
-    data_dir = tmp_path_factory.getbasetemp() / "celeba_local_shared"
-    report_file = tmp_path_factory.getbasetemp() / "celeba_local_shared_report.pkl"
-    builder, report = celeba_local.prepare(shared_data / "celeba", data_dir, show_progress=False)
-    if report is not None:
-        report_file.write_bytes(pickle.dumps(report))
-    return builder, pickle.loads(report_file.read_bytes())
-
-
 @pytest.fixture(scope="session")
-def shared_build(shared_data, tmp_path_factory):
-    return _build_shared_subset(shared_data, tmp_path_factory)
+def shared_build(celeba_local_build):
+    return celeba_local_build
 
 
 def _attribute_rows(path: Path, ids: set[str]) -> dict[str, np.ndarray]:

@@ -7,7 +7,6 @@ the pytest base temp dir (shared with tests/test_celeba_local.py).
 from __future__ import annotations
 
 import io
-import pickle
 from pathlib import Path
 
 import jax
@@ -20,23 +19,12 @@ from PIL import Image
 
 from configs.default import get_config
 from facegan_jax import input_pipeline
-from facegan_jax.datasets import celeba_local
 from facegan_jax.datasets.celeba_attributes import CELEBA_ATTRIBUTES
 
 
-def _build_shared_subset(shared_data: Path, tmp_path_factory) -> tuple:
-    """Builds the shared subset once per session; the report is kept beside it for reuse."""
-    data_dir = tmp_path_factory.getbasetemp() / "celeba_local_shared"
-    report_file = tmp_path_factory.getbasetemp() / "celeba_local_shared_report.pkl"
-    builder, report = celeba_local.prepare(shared_data / "celeba", data_dir, show_progress=False)
-    if report is not None:
-        report_file.write_bytes(pickle.dumps(report))
-    return builder, pickle.loads(report_file.read_bytes())
-
-
 @pytest.fixture(scope="session")
-def celeba_dir(shared_data, tmp_path_factory) -> str:
-    builder, _ = _build_shared_subset(shared_data, tmp_path_factory)
+def celeba_dir(celeba_local_build) -> str:
+    builder, _ = celeba_local_build
     return str(Path(builder.data_dir).parents[1])  # the TFDS data_dir
 
 

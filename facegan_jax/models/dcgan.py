@@ -67,7 +67,9 @@ def _batch_norm(train: bool, dtype: Dtype) -> nn.BatchNorm:
     )
 
 
-def conv_transpose_2x(features: int, *, fast: bool, kernel_init: Any, dtype: Dtype) -> nn.Module:
+def conv_transpose_2x(
+    features: int, *, fast: bool, kernel_init: Any, dtype: Dtype, use_bias: bool = False
+) -> nn.Module:
     """A k4 s2 transposed conv doubling H and W (PyTorch `ConvTranspose2d(k=4, s=2, p=1)`).
 
     With `fast`, the sub-pixel formulation from `fast_conv` (same parameters and
@@ -77,19 +79,23 @@ def conv_transpose_2x(features: int, *, fast: bool, kernel_init: Any, dtype: Dty
     if fast:
         from facegan_jax.models.fast_conv import FastConvTranspose2x
 
-        return FastConvTranspose2x(features, use_bias=False, kernel_init=kernel_init, dtype=dtype)
+        return FastConvTranspose2x(
+            features, use_bias=use_bias, kernel_init=kernel_init, dtype=dtype
+        )
     return nn.ConvTranspose(
         features,
         (4, 4),
         strides=(2, 2),
         padding=((2, 2), (2, 2)),
-        use_bias=False,
+        use_bias=use_bias,
         kernel_init=kernel_init,
         dtype=dtype,
     )
 
 
-def conv_stride_2(features: int, *, fast: bool, kernel_init: Any, dtype: Dtype) -> nn.Module:
+def conv_stride_2(
+    features: int, *, fast: bool, kernel_init: Any, dtype: Dtype, use_bias: bool = False
+) -> nn.Module:
     """A k4 s2 p1 conv halving H and W (PyTorch `Conv2d(k=4, s=2, p=1)`).
 
     See `conv_transpose_2x` for `fast`.
@@ -97,13 +103,13 @@ def conv_stride_2(features: int, *, fast: bool, kernel_init: Any, dtype: Dtype) 
     if fast:
         from facegan_jax.models.fast_conv import FastConvStride2
 
-        return FastConvStride2(features, use_bias=False, kernel_init=kernel_init, dtype=dtype)
+        return FastConvStride2(features, use_bias=use_bias, kernel_init=kernel_init, dtype=dtype)
     return nn.Conv(
         features,
         (4, 4),
         strides=(2, 2),
         padding=((1, 1), (1, 1)),
-        use_bias=False,
+        use_bias=use_bias,
         kernel_init=kernel_init,
         dtype=dtype,
     )

@@ -1,0 +1,187 @@
+"""Attribute-conditioned ACGAN over the 40 CelebA attributes (seed 000).
+
+Owns the ACGAN family of the model registry (`config.model.name = 'acgan'`).
+At 64x64 with the recipe widths (g_dim 64, d_dim 128) it is exactly the seed's
+network (and `../shared/peers/keras_acgan.py`, the Keras reference):
+
+* Generator: concat(z [128], attributes [40]) -> Dense(4*4*1024) ->
+  LeakyReLU(0.2) -> reshape -> PixelNorm -> 4x [UpSampling x2 (nearest),
+  SN-Conv k4 'same' (512, 256, 128, 64), PixelNorm, LeakyReLU(0.2)] ->
+  SN-Conv(3, k4, 'same') -> tanh.
+* Discriminator: SN-Conv k3 s2 (128) -> LeakyReLU(0.1) -> MinibatchStdDev ->
+  3x [SN-Conv k3 s2 (256, 512, 1024), LeakyReLU(0.1)] -> global average pool
+  -> Dense(1) real/fake logit and Dense(40) attribute logits.
+
+Widths scale with `config.model.g_dim` (the last hidden G width; Dense gets
+16x, the convs 8x, 4x, 2x, 1x) and `config.model.d_dim` (the first D width;
+then 2x, 4x, 8x), so the `runlocal` smoke configs can shrink them. Other
+image sizes (any 4 * 2**k >= 8) add or remove one up/down stage per factor 2.
+
+Choices where the seed is silent or differs from its reference:
+* The seed's heads end in sigmoid; we return logits (the losses apply
+  log-sigmoid: same maths, no overflow).
+* Convs use orthogonal init as the seed; the Dense layers keep Keras' default
+  Glorot-uniform (the seed sets no initialiser on them); biases start at 0.
+* The last G conv is spectrally normalised as in the seed; the Keras peer
+  uses a plain Conv2D there (same FLOPs, no effect on the benchmark).
+* MinibatchStdDev groups `config.model.mbstd_group_size` examples (StyleGAN);
+  the seed/peer take the whole batch, i.e. a group size >= the batch.
+* LeakyReLU slopes: G uses `config.model.leaky_slope` (the seed's 0.2); D
+  uses the seed's 0.1 (`D_LEAKY_SLOPE`).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from facegan_jax.models.layers import MinibatchStdDev, PixelNorm, SNConv
+
+Dtype = Any
+
+# The seed's discriminator slope (its generator uses 0.2 = config.model.leaky_slope).
+D_LEAKY_SLOPE = 0.1
+_CONV_INIT = nn.initializers.orthogonal()
+_DENSE_INIT = nn.initializers.xavier_uniform()  # Keras Dense default (glorot_uniform)
+
+
+def num_stages(image_size: int) -> int:
+    """Number of x2 stages between 4x4 and `image_size` (4 * 2**k, k >= 1)."""
+    k = math.log2(image_size / 4) if image_size >= 8 else -1.0
+    if k != int(k) or k < 1:
+        raise ValueError(
+            f"config.data.image_size={image_size} must be 4 * 2**k (8, 16, 32, 64, ...) for acgan"
+        )
+    return int(k)
+
+
+def upsample_nearest_2x(x: jax.Array) -> jax.Array:
+    """Keras UpSampling2D(2) (nearest): [B, H, W, C] -> [B, 2H, 2W, C]."""
+    b, h, w, c = x.shape
+    x = jnp.broadcast_to(x[:, :, None, :, None, :], (b, h, 2, w, 2, c))  # [B, H, 2, W, 2, C]
+    return x.reshape(b, 2 * h, 2 * w, c)
+
+
+class Generator(nn.Module):
+    """ACGAN generator: (z [B, z_dim], attributes [B, A]) -> images [B, S, S, C] in [-1, 1]."""
+
+    image_size: int = 64
+    channels: int = 3
+    num_attributes: int = 40
+    base_dim: int = 64
+    leaky_slope: float = 0.2
+    sn_power_iterations: int = 1
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(
+        self, z: jax.Array, attributes: jax.Array | None = None, *, train: bool
+    ) -> jax.Array:
+        stages = num_stages(self.image_size)
+        if self.num_attributes:
+            if attributes is None or attributes.shape != (z.shape[0], self.num_attributes):
+                got = None if attributes is None else attributes.shape
+                raise ValueError(
+                    f"acgan generator needs attributes of shape {(z.shape[0], self.num_attributes)}"
+                    f" (config.model.num_attributes={self.num_attributes}); got {got}"
+                )
+            z = jnp.concatenate([z, attributes.astype(z.dtype)], axis=-1)  # [B, Z + A]
+        width = self.base_dim * 2**stages
+        x = nn.Dense(4 * 4 * width, kernel_init=_DENSE_INIT, dtype=self.dtype)(
+            z.astype(self.dtype)
+        )  # [B, 16 * width]
+        x = nn.leaky_relu(x, self.leaky_slope)
+        x = PixelNorm()(x.reshape(x.shape[0], 4, 4, width))  # [B, 4, 4, width]
+        for _ in range(stages):
+            width //= 2
+            x = upsample_nearest_2x(x)  # [B, 2H, 2W, 2 * width]
+            x = SNConv(
+                width,
+                (4, 4),
+                n_power_iterations=self.sn_power_iterations,
+                kernel_init=_CONV_INIT,
+                dtype=self.dtype,
+            )(x, update_stats=train)  # [B, 2H, 2W, width]
+            x = nn.leaky_relu(PixelNorm()(x), self.leaky_slope)
+        x = SNConv(
+            self.channels,
+            (4, 4),
+            n_power_iterations=self.sn_power_iterations,
+            kernel_init=_CONV_INIT,
+            dtype=self.dtype,
+        )(x, update_stats=train)  # [B, S, S, C]
+        return jnp.tanh(x.astype(jnp.float32))
+
+
+class Discriminator(nn.Module):
+    """ACGAN discriminator: images [B, S, S, C] -> (logits [B], attr_logits [B, A] or None)."""
+
+    image_size: int = 64
+    num_attributes: int = 40
+    base_dim: int = 128
+    mbstd_group_size: int = 4
+    sn_power_iterations: int = 1
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, images: jax.Array, *, train: bool) -> tuple[jax.Array, jax.Array | None]:
+        stages = num_stages(self.image_size)
+        x = images.astype(self.dtype)
+        for i in range(stages):
+            x = SNConv(
+                self.base_dim * 2**i,
+                (3, 3),
+                strides=(2, 2),
+                n_power_iterations=self.sn_power_iterations,
+                kernel_init=_CONV_INIT,
+                dtype=self.dtype,
+            )(x, update_stats=train)  # [B, H/2, W/2, base_dim * 2**i]
+            x = nn.leaky_relu(x, D_LEAKY_SLOPE)
+            if i == 0:
+                x = MinibatchStdDev(self.mbstd_group_size)(x)  # [B, H, W, base_dim + 1]
+        features = jnp.mean(x.astype(jnp.float32), axis=(1, 2))  # [B, 8 * base_dim]
+        logits = nn.Dense(1, kernel_init=_DENSE_INIT, dtype=jnp.float32)(features)  # [B, 1]
+        attr_logits = None
+        if self.num_attributes:
+            attr_logits = nn.Dense(self.num_attributes, kernel_init=_DENSE_INIT, dtype=jnp.float32)(
+                features
+            )  # [B, A]
+        return logits[:, 0], attr_logits
+
+
+def build(config: Any) -> tuple[nn.Module, nn.Module]:
+    """Builds the ACGAN (generator, discriminator) pair from `config.model` / `config.data`.
+
+    Args:
+      config: the run config (reads data.image_size/channels, model.num_attributes,
+        g_dim, d_dim, leaky_slope, sn_power_iterations, mbstd_group_size and
+        train.mixed_precision).
+
+    Returns:
+      (generator, discriminator) Flax modules following facegan_jax.models' contract.
+    """
+    dtype = jnp.bfloat16 if config.train.mixed_precision else jnp.float32
+    m = config.model
+    num_stages(config.data.image_size)  # fail early with the field name
+    generator = Generator(
+        image_size=config.data.image_size,
+        channels=config.data.channels,
+        num_attributes=m.num_attributes,
+        base_dim=m.g_dim,
+        leaky_slope=m.leaky_slope,
+        sn_power_iterations=m.sn_power_iterations,
+        dtype=dtype,
+    )
+    discriminator = Discriminator(
+        image_size=config.data.image_size,
+        num_attributes=m.num_attributes,
+        base_dim=m.d_dim,
+        mbstd_group_size=m.mbstd_group_size,
+        sn_power_iterations=m.sn_power_iterations,
+        dtype=dtype,
+    )
+    return generator, discriminator

@@ -1,0 +1,275 @@
+"""Fast, mathematically identical replacements for DCGAN's stride-2 k4 convolutions.
+
+XLA:CPU lowers the weight gradient of a stride-2 ``nn.ConvTranspose`` to a
+convolution over a zero-dilated input that runs ~50-100x slower than the
+forward pass. The modules here compute the *same function with the same
+parameters*, choosing for the forward pass, the input gradient and the weight
+gradient separately (a `jax.custom_vjp`) whichever exact formulation XLA:CPU
+runs fastest:
+
+* `FastConvTranspose2x` == ``nn.ConvTranspose(F, (4, 4), strides=(2, 2),
+  padding=((2, 2), (2, 2)))`` (PyTorch ``ConvTranspose2d(k=4, s=2, p=1)``).
+  Sub-pixel (phase) decomposition: each of the four output phases
+  ``(y % 2, x % 2)`` is a 2x2 stride-1 convolution of the input with a 2x2
+  slice of the 4x4 kernel, interleaved by depth-to-space. The input gradient is
+  the plain strided convolution, which XLA:CPU does well.
+* `FastConvStride2` == ``nn.Conv(F, (4, 4), strides=(2, 2), padding=((1, 1),
+  (1, 1)))``: plain forward and weight gradient; the input gradient (a
+  transposed convolution) via space-to-depth + a 2x2 stride-1 convolution.
+
+Both keep Flax's parameter tree (``kernel`` ``[4, 4, Cin, F]`` and optional
+``bias`` ``[F]``), initialisers and dtype promotion, so parameters and
+checkpoints are interchangeable with the plain layers. On XLA:CPU the stride-1
+convolutions are fastest with ``XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=
+-individual_convolution`` (Eigen instead of YNNPACK convolutions).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+Array = jax.Array
+_DIMS = ("NHWC", "HWIO", "NHWC")
+
+
+def conv_transpose_2x_lax(x: Array, kernel: Array, precision: Any = None) -> Array:
+    """The plain formulation: Flax's strided ``conv_transpose`` (reference and fast fwd/dgrad)."""
+    return lax.conv_transpose(
+        x, kernel, (2, 2), ((2, 2), (2, 2)), dimension_numbers=_DIMS, precision=precision
+    )  # [B, 2H, 2W, Cout]
+
+
+def conv_transpose_2x_phases(x: Array, kernel: Array, precision: Any = None) -> Array:
+    """Flax ``conv_transpose(x, kernel, strides=2, padding=((2, 2), (2, 2)))`` via phases.
+
+    With the (unflipped) Flax kernel ``w``, output row ``2m + p`` is
+    ``sum_a x[m + a - 1 + p] @ w[p + 2a]`` for ``a`` in {0, 1}: so phase ``p``
+    is a 2x2 stride-1 convolution with kernel rows ``w[p::2]`` over the input
+    padded by ``(1 - p, p)``; the same holds independently for columns.
+
+    Args:
+      x: input ``[B, H, W, Cin]``.
+      kernel: Flax ConvTranspose kernel ``[4, 4, Cin, Cout]``.
+      precision: passed to `lax.conv_general_dilated`.
+
+    Returns:
+      ``[B, 2H, 2W, Cout]``, equal to the plain strided transposed convolution.
+    """
+    B, H, W, _ = x.shape
+    cout = kernel.shape[-1]
+    xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))  # [B, H+2, W+2, Cin]
+    rows = []
+    for py in (0, 1):
+        cols = []
+        for px in (0, 1):
+            # Window of the padded input that phase (py, px) reads: rows py .. py+H.
+            xw = xp[:, py : py + H + 1, px : px + W + 1]  # [B, H+1, W+1, Cin]
+            y = lax.conv_general_dilated(
+                xw,
+                kernel[py::2, px::2],  # [2, 2, Cin, Cout]
+                (1, 1),
+                "VALID",
+                dimension_numbers=_DIMS,
+                precision=precision,
+            )  # [B, H, W, Cout]
+            cols.append(y)
+        rows.append(jnp.stack(cols, axis=3))  # [B, H, W, 2(px), Cout]
+    y = jnp.stack(rows, axis=2)  # [B, H, 2(py), W, 2(px), Cout]
+    return y.reshape(B, 2 * H, 2 * W, cout)  # depth-to-space interleave
+
+
+def conv_transpose_2x_fused(x: Array, kernel: Array, precision: Any = None) -> Array:
+    """The phases of `conv_transpose_2x_phases` as one 3x3 convolution to ``4 * Cout`` channels.
+
+    Phase ``(py, px)`` uses the 3x3 taps ``(py + a, px + b)`` of the padded input;
+    the other five taps of its channel block are zero (2.25x the useful FLOPs).
+    Worth it only when ``Cout`` is so small that four separate convolutions
+    cannot use the vector units.
+
+    Args:
+      x: input ``[B, H, W, Cin]``.
+      kernel: Flax ConvTranspose kernel ``[4, 4, Cin, Cout]``.
+      precision: passed to `lax.conv_general_dilated`.
+
+    Returns:
+      ``[B, 2H, 2W, Cout]``, equal to the plain strided transposed convolution.
+    """
+    B, H, W, _ = x.shape
+    cout = kernel.shape[-1]
+    xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))  # [B, H+2, W+2, Cin]
+    blocks = [
+        jnp.pad(kernel[py::2, px::2], ((py, 1 - py), (px, 1 - px), (0, 0), (0, 0)))
+        for py in (0, 1)
+        for px in (0, 1)
+    ]  # 4 x [3, 3, Cin, Cout]
+    k3 = jnp.concatenate(blocks, axis=-1)  # [3, 3, Cin, (py, px, Cout)]
+    y = lax.conv_general_dilated(
+        xp, k3, (1, 1), "VALID", dimension_numbers=_DIMS, precision=precision
+    )  # [B, H, W, 4 * Cout]
+    y = y.reshape(B, H, W, 2, 2, cout).transpose(0, 1, 3, 2, 4, 5)  # [B, H, 2, W, 2, Cout]
+    return y.reshape(B, 2 * H, 2 * W, cout)
+
+
+def conv_stride2_lax(x: Array, kernel: Array, precision: Any = None) -> Array:
+    """The plain formulation: Flax's strided ``conv`` (reference and fast fwd/wgrad)."""
+    return lax.conv_general_dilated(
+        x, kernel, (2, 2), ((1, 1), (1, 1)), dimension_numbers=_DIMS, precision=precision
+    )  # [B, H/2, W/2, Cout]
+
+
+def conv_stride2_s2d(x: Array, kernel: Array, precision: Any = None) -> Array:
+    """Flax ``conv(x, kernel, strides=2, padding=((1, 1), (1, 1)))`` via space-to-depth.
+
+    Args:
+      x: input ``[B, H, W, Cin]`` with even ``H`` and ``W``.
+      kernel: Flax Conv kernel ``[4, 4, Cin, Cout]``.
+      precision: passed to `lax.conv_general_dilated`.
+
+    Returns:
+      ``[B, H/2, W/2, Cout]``, equal to the plain strided convolution.
+    """
+    B, H, W, cin = x.shape
+    cout = kernel.shape[-1]
+    xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))  # [B, H+2, W+2, Cin]
+    h2, w2 = H // 2 + 1, W // 2 + 1
+    xs = xp.reshape(B, h2, 2, w2, 2, cin).transpose(0, 1, 3, 2, 4, 5)  # [B, h2, w2, 2, 2, Cin]
+    xs = xs.reshape(B, h2, w2, 4 * cin)  # [B, h2, w2, (dy, dx, Cin)]
+    # Kernel tap (2a + dy, 2b + dx) -> 2x2 tap (a, b), channel block (dy, dx).
+    ks = kernel.reshape(2, 2, 2, 2, cin, cout).transpose(0, 2, 1, 3, 4, 5)  # [a, b, dy, dx, ...]
+    ks = ks.reshape(2, 2, 4 * cin, cout)  # [2, 2, 4*Cin, Cout]
+    return lax.conv_general_dilated(
+        xs, ks, (1, 1), "VALID", dimension_numbers=_DIMS, precision=precision
+    )  # [B, H/2, W/2, Cout]
+
+
+Formulation = Callable[[Array, Array, Any], Array]
+
+
+def _mixed_vjp(fwd: Formulation, dgrad: Formulation, wgrad: Formulation) -> Formulation:
+    """One linear map whose forward, input-gradient and weight-gradient each use the formulation
+    that XLA:CPU runs fastest; all three formulations compute the same function."""
+
+    @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+    def apply(x: Array, kernel: Array, precision: Any) -> Array:
+        return fwd(x, kernel, precision)
+
+    def apply_fwd(x, kernel, precision):
+        return fwd(x, kernel, precision), (x, kernel)
+
+    def apply_bwd(precision, residuals, ct):
+        x, kernel = residuals
+        # Each formulation is linear in x and in kernel, so its VJP needs no forward pass.
+        dx = jax.vjp(lambda x_: dgrad(x_, kernel, precision), x)[1](ct)[0]
+        dkernel = jax.vjp(lambda k_: wgrad(x, k_, precision), kernel)[1](ct)[0]
+        return dx, dkernel
+
+    apply.defvjp(apply_fwd, apply_bwd)
+    return apply
+
+
+# Measured on a 2-core AVX-512 XLA:CPU (see /work/notes/profile_layers.py): with few output
+# channels four phase convolutions starve the vector units, so small layers use other forms.
+_SMALL_COUT = 16
+_conv_transpose_2x_large = _mixed_vjp(
+    conv_transpose_2x_phases, conv_transpose_2x_lax, conv_transpose_2x_phases
+)
+_conv_transpose_2x_small = _mixed_vjp(
+    conv_transpose_2x_lax, conv_transpose_2x_lax, conv_transpose_2x_fused
+)
+_conv_stride2 = _mixed_vjp(conv_stride2_lax, conv_stride2_s2d, conv_stride2_lax)
+
+
+def conv_transpose_2x(x: Array, kernel: Array, precision: Any = None) -> Array:
+    """Flax ``conv_transpose(x, kernel, strides=2, padding=((2, 2), (2, 2)))``, fast on XLA:CPU.
+
+    The forward pass and the gradients use whichever exact formulation is
+    fastest for the layer's width; the slow strided weight gradient is never used.
+
+    Args:
+      x: input ``[B, H, W, Cin]``.
+      kernel: Flax ConvTranspose kernel ``[4, 4, Cin, Cout]``.
+      precision: passed to the underlying convolutions.
+
+    Returns:
+      ``[B, 2H, 2W, Cout]``.
+    """
+    if kernel.shape[-1] < _SMALL_COUT:
+        return _conv_transpose_2x_small(x, kernel, precision)
+    return _conv_transpose_2x_large(x, kernel, precision)
+
+
+def conv_stride2(x: Array, kernel: Array, precision: Any = None) -> Array:
+    """Flax ``conv(x, kernel, strides=2, padding=((1, 1), (1, 1)))``, fast on XLA:CPU.
+
+    Args:
+      x: input ``[B, H, W, Cin]`` with even ``H`` and ``W``.
+      kernel: Flax Conv kernel ``[4, 4, Cin, Cout]``.
+      precision: passed to the underlying convolutions.
+
+    Returns:
+      ``[B, H/2, W/2, Cout]``.
+    """
+    H, W = x.shape[1:3]
+    if H % 2 or W % 2:
+        raise ValueError(f"fast_conv.conv_stride2: spatial size must be even, got {H}x{W}")
+    return _conv_stride2(x, kernel, precision)
+
+
+class _FastConvBase(nn.Module):
+    """Shared parameters and dtype handling of the fast 4x4 stride-2 layers."""
+
+    features: int
+    use_bias: bool = True
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+    precision: Any = None
+    kernel_init: Callable[..., Array] = nn.linear.default_kernel_init
+    bias_init: Callable[..., Array] = nn.initializers.zeros_init()
+
+    def _apply(self, x: Array, fn: Callable[..., Array]) -> Array:
+        kernel = self.param(
+            "kernel", self.kernel_init, (4, 4, x.shape[-1], self.features), self.param_dtype
+        )
+        bias = (
+            self.param("bias", self.bias_init, (self.features,), self.param_dtype)
+            if self.use_bias
+            else None
+        )
+        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+        y = fn(x, kernel, self.precision)
+        if bias is not None:
+            y = y + bias
+        return y
+
+
+class FastConvTranspose2x(_FastConvBase):
+    """Drop-in for ``nn.ConvTranspose(features, (4, 4), strides=(2, 2), padding=((2, 2), (2, 2)))``.
+
+    Same parameters (``kernel`` ``[4, 4, Cin, features]``, ``bias``), same
+    output ``[B, 2H, 2W, features]``, computed with stride-1 convolutions.
+    """
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        """Upsamples ``x`` ``[B, H, W, Cin]`` to ``[B, 2H, 2W, features]``."""
+        return self._apply(x, conv_transpose_2x)
+
+
+class FastConvStride2(_FastConvBase):
+    """Drop-in for ``nn.Conv(features, (4, 4), strides=(2, 2), padding=((1, 1), (1, 1)))``.
+
+    Same parameters (``kernel`` ``[4, 4, Cin, features]``, ``bias``), same
+    output ``[B, H/2, W/2, features]``, computed after space-to-depth.
+    """
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        """Downsamples ``x`` ``[B, H, W, Cin]`` (even H, W) to ``[B, H/2, W/2, features]``."""
+        return self._apply(x, conv_stride2)

@@ -45,7 +45,8 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     data.channels = 3
     # Crop applied before resizing: 'none', 'celeba_178' (178x178 box from row 20,
     # the usual aligned-CelebA face crop), 'center_160' (centre 160x160, seed 001)
-    # or 'box' (uses `crop_box` = (top, left, height, width)).
+    # or 'box' (uses `crop_box` = (top, left, height, width)). Crops apply to the
+    # CelebA sources only: synthetic_faces renders are framed faces already.
     data.crop = "none"
     data.crop_box = (0, 0, 0, 0)
     # Shuffle buffer (examples) and tf.data parallelism (-1 = AUTOTUNE).

@@ -1,0 +1,120 @@
+r"""Computes and caches the real-side FID statistics of a dataset split.
+
+The images come from `facegan_jax.input_pipeline` exactly as training sees them
+(crop, resize, channels of the config), quantised to PNG levels like generated
+images, and go through `facegan_jax.fid`. The output `.npz` has `mu`, `sigma` and
+metadata (n, source, resolution, crop, weights sha256), like
+`python -m facegan_jax.fid --save-stats`, and can be passed to that CLI as a source.
+
+  python -m data_prep.fid_reference_stats --config=configs/default.py \
+      --split=validation --out=stats/synthetic_val.npz [--num-samples=2048] [--weights=PATH]
+
+An existing output file is reused (it is the cache), never overwritten.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app, flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Run config file (like main's).")
+_SPLIT = flags.DEFINE_string("split", None, "Dataset split (default: config.data.eval_split).")
+_OUT = flags.DEFINE_string("out", None, "Output .npz (default: in the facegan_jax cache dir).")
+_NUM = flags.DEFINE_integer("num_samples", 0, "Images to use (0: the whole split).")
+_WEIGHTS = flags.DEFINE_string("weights", None, "FID Inception weights (default: cache/download).")
+_BATCH = flags.DEFINE_integer("batch_size", 50, "Images per network call.")
+
+
+def default_output(config: Any, split: str, num_samples: int) -> str:
+    """Cache path for a split's statistics, named by everything that changes them."""
+    from facegan_jax.models import inception
+
+    d = config.data
+    name = f"{d.name}_{split}_{d.image_size}px_{d.channels}ch_{d.crop}_n{num_samples or 'all'}"
+    return str(inception.cache_dir() / "fid_stats" / (name.replace("/", "_") + ".npz"))
+
+
+def compute_reference_stats(
+    config: Any,
+    split: str,
+    num_samples: int,
+    weights: str | None,
+    out: str,
+    batch_size: int = 50,
+) -> tuple[Any, Any, int]:
+    """Computes the statistics of `split` and writes them to `out` (a new file).
+
+    Args:
+      config: the run config (`config.data` selects dataset, crop, size, channels).
+      split: TFDS split, e.g. 'validation' or 'validation[:2048]'.
+      num_samples: images to use; 0 for the whole split.
+      weights: FID Inception weights file, or None for the cache/download logic.
+      out: the .npz to write; must not exist.
+      batch_size: images per network call.
+
+    Returns:
+      (mu, sigma, n).
+    """
+    from facegan_jax import fid, input_pipeline
+    from facegan_jax.models import inception
+
+    weights_path = inception.resolve_weights_path(weights)
+    params = inception.load_inception_params(weights_path)
+    dataset = input_pipeline.create_dataset(
+        config,
+        split,
+        batch_size=batch_size,
+        shuffle=False,
+        repeat=False,
+        process_index=0,
+        process_count=1,
+        drop_remainder=False,
+    )
+    mu, sigma, n = fid.compute_stats_from_images(
+        dataset.as_numpy_iterator(),
+        params,
+        batch_size,
+        max_samples=num_samples or None,
+    )
+    fid.save_stats(
+        out,
+        mu,
+        sigma,
+        n=n,
+        source=f"{config.data.name}:{split}",
+        resolution=[config.data.image_size, config.data.image_size],
+        crop=config.data.crop,
+        weights_sha256=inception.file_sha256(weights_path),
+    )
+    return mu, sigma, n
+
+
+def main(argv: list[str]) -> int:
+    del argv
+    config = _CONFIG.value
+    if config is None:
+        raise app.UsageError("--config is required")
+    split = _SPLIT.value or config.data.eval_split
+    out = _OUT.value or default_output(config, split, _NUM.value)
+    if os.path.exists(out):
+        print(f"Reusing cached statistics {out}")
+        return 0
+    try:
+        _, _, n = compute_reference_stats(
+            config, split, _NUM.value, _WEIGHTS.value, out, _BATCH.value
+        )
+    except (ValueError, OSError) as e:
+        print(f"fid_reference_stats: error: {e}", file=sys.stderr)
+        return 1
+    print(f"Wrote statistics of {n} images of {config.data.name}:{split} to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,225 @@
+"""Tests of FID/KID: statistics, distances, the fused generator path, the CLI, the hook's loader."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import Mesh
+from PIL import Image
+
+from facegan_jax import fid
+from facegan_jax.models import inception
+
+
+@pytest.fixture(scope="module")
+def fixture_dir(shared_data):
+    return shared_data / "inception_fixture"
+
+
+@pytest.fixture(scope="module")
+def expected(fixture_dir):
+    with np.load(fixture_dir / "fixture_expected_seed0.npz") as f:
+        return {k: f[k] for k in f.files}
+
+
+@pytest.fixture(scope="module")
+def weights(fixture_dir):
+    return str(fixture_dir / "fixture_inception_seed0.pth")
+
+
+@pytest.fixture(scope="module")
+def params(weights):
+    return jax.device_put(inception.load_inception_params(weights))
+
+
+# ----------------------------------------------------------------------------- distances
+def test_frechet_distance_matches_pytorch_fid(expected):
+    value = fid.frechet_distance(
+        expected["fd_mu1"], expected["fd_sigma1"], expected["fd_mu2"], expected["fd_sigma2"]
+    )
+    assert value == pytest.approx(float(expected["fd_expected"]), rel=1e-6)
+
+
+def test_frechet_distance_of_diagonal_gaussians_has_the_closed_form():
+    a, b = np.array([1.0, 4.0, 9.0]), np.array([4.0, 1.0, 0.0])
+    mu1, mu2 = np.array([0.0, 1.0, 2.0]), np.array([1.0, 1.0, 0.0])
+    want = np.sum((mu1 - mu2) ** 2) + np.sum((np.sqrt(a) - np.sqrt(b)) ** 2)
+    assert fid.frechet_distance(mu1, np.diag(a), mu2, np.diag(b)) == pytest.approx(want, rel=1e-12)
+
+
+def test_frechet_distance_is_finite_with_fewer_samples_than_dimensions():
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(10, 64)), rng.normal(size=(12, 64)) + 0.5
+    s1, s2 = np.cov(x, rowvar=False), np.cov(y, rowvar=False)  # ranks 9 and 11 of 64
+    value = fid.frechet_distance(x.mean(0), s1, y.mean(0), s2)
+    assert np.isfinite(value) and value > 0
+    same = fid.frechet_distance(x.mean(0), s1, x.mean(0), s1)
+    assert abs(same) < 1e-6 * np.trace(s1)
+
+
+def test_frechet_distance_rejects_mismatched_shapes():
+    with pytest.raises(ValueError, match="do not match"):
+        fid.frechet_distance(np.zeros(3), np.eye(3), np.zeros(4), np.eye(4))
+
+
+def test_kid_is_the_unbiased_polynomial_mmd():
+    rng = np.random.default_rng(1)
+    x, y = rng.normal(size=(20, 8)), rng.normal(size=(20, 8)) + 1.0
+    k = lambda a, b: (a @ b / 8 + 1) ** 3  # noqa: E731
+    xx = sum(k(x[i], x[j]) for i in range(20) for j in range(20) if i != j) / (20 * 19)
+    yy = sum(k(y[i], y[j]) for i in range(20) for j in range(20) if i != j) / (20 * 19)
+    xy = sum(k(x[i], y[j]) for i in range(20) for j in range(20)) / 400
+    # One subset of all rows is a permutation of each set: the estimate is exact.
+    mean, std = fid.kid(x, y, num_subsets=1, subset_size=100)
+    assert mean == pytest.approx(xx + yy - 2 * xy, rel=1e-10) and std == 0.0
+    a, b = rng.normal(size=(2, 300, 8))
+    same, _ = fid.kid(a, b, num_subsets=10, subset_size=200)
+    shifted, _ = fid.kid(a, b + 1.0, num_subsets=10, subset_size=200)
+    assert abs(same) < 0.02 * shifted and shifted > 0.5
+
+
+def test_kid_precomputed_kernels_equal_per_subset_kernels(monkeypatch):
+    rng = np.random.default_rng(3)
+    x, y = rng.normal(size=(50, 8)), rng.normal(size=(40, 8)) + 0.3
+    full = fid.kid(x, y, num_subsets=5, subset_size=30, seed=7)
+    monkeypatch.setattr(fid, "_KID_FULL_KERNEL_MAX", 0)
+    per_subset = fid.kid(x, y, num_subsets=5, subset_size=30, seed=7)
+    np.testing.assert_allclose(full, per_subset, rtol=1e-10)
+
+
+# ----------------------------------------------------------------------------- statistics
+def test_streaming_stats_match_np_cov_with_padded_batches():
+    rng = np.random.default_rng(2)
+    # A large common offset makes naive float32 sum-of-squares lose most digits.
+    x = (rng.normal(size=(1000, 24)) * 0.3 + 20.0).astype(np.float32)
+    acc = fid.StatsAccumulator()
+    for start in range(0, 1000, 64):
+        batch = np.zeros((64, 24), np.float32)  # padded rows hold junk the mask must drop
+        batch[:] = 1e3
+        rows = x[start : start + 64]
+        batch[: len(rows)] = rows
+        acc.update(jnp.asarray(batch), len(rows))
+    mu, sigma, n = acc.result()
+    ref = np.cov(x.astype(np.float64), rowvar=False)
+    assert n == 1000
+    np.testing.assert_allclose(mu, x.astype(np.float64).mean(0), rtol=1e-6)
+    assert np.abs(sigma - ref).max() / np.abs(ref).max() < 1e-4
+    np.testing.assert_allclose(np.diag(sigma), np.diag(ref), rtol=1e-4)
+
+
+def test_stats_need_two_samples():
+    acc = fid.StatsAccumulator()
+    acc.update(jnp.ones((4, 3)), 1)
+    with pytest.raises(ValueError, match="at least 2"):
+        acc.result()
+
+
+def test_to_unit_range_quantises_like_a_png_and_tiles_greyscale():
+    x = jnp.asarray([-1.0, -0.999, 0.0, 0.5, 1.0, 1.2]).reshape(1, 1, 6, 1)
+    out = np.asarray(fid.to_unit_range(x))
+    assert out.shape == (1, 1, 6, 3)
+    np.testing.assert_allclose(out[0, 0, :, 0] * 255, [0, 0, 128, 191, 255, 255], atol=1e-4)
+    np.testing.assert_array_equal(out[..., 0], out[..., 2])
+    raw = np.asarray(fid.to_unit_range(x, quantize=False))[0, 0, :, 0]
+    np.testing.assert_allclose(raw, [0.0, 0.0005, 0.5, 0.75, 1.0, 1.0], atol=1e-6)
+    u8 = np.asarray(fid.to_unit_range(jnp.asarray([[[[0, 128, 255]]]], jnp.uint8)))
+    np.testing.assert_allclose(u8[0, 0, 0], [0.0, 128 / 255, 1.0])
+
+
+def test_fixed_batches_rechunk_and_pad():
+    batches = [np.ones((3, 2)), {"image": 2 * np.ones((4, 2))}]
+    out = list(fid._fixed_batches(batches, 5))
+    assert [(b.shape, v) for b, v in out] == [((5, 2), 5), ((5, 2), 2)]
+    np.testing.assert_array_equal(out[1][0][:, 0], [2, 2, 0, 0, 0])
+
+
+# ----------------------------------------------------------------------------- in the graph
+def test_fused_generator_features_over_a_mesh_match_pytorch_fid(params, expected):
+    # A "generator" that returns the fixture images in [-1, 1]: after PNG quantisation
+    # the network sees exactly pytorch-fid's input, so its features must match.
+    bank = jnp.asarray(expected["images_uint8"], jnp.float32) / 127.5 - 1.0  # [8, 64, 64, 3]
+
+    def generate(variables, indices):
+        return variables["bank"][indices % 8]
+
+    mesh = Mesh(np.asarray(jax.devices()[:2]), ("data",))
+    features_fn = fid.generator_features_fn(generate, True, mesh)
+    assert fid.generator_features_fn(generate, True, mesh) is features_fn  # compiled once
+    feats = features_fn({"bank": bank}, params, jnp.asarray([5, 2], jnp.int32))
+    assert feats.sharding.spec == jax.sharding.PartitionSpec("data")
+    np.testing.assert_allclose(np.asarray(feats), expected["pool3"][[5, 2]], atol=1e-4, rtol=0)
+
+    real = expected["pool3"]
+    mu, sigma = real.mean(0), np.cov(real, rowvar=False)
+    # 3 samples in batches of 2: the padded 4th row must not count.
+    result = fid.evaluate_generator(
+        generate,
+        {"bank": bank},
+        params,
+        num_samples=3,
+        batch_size=2,
+        reference=(mu, sigma),
+        real_features=real,
+        mesh=mesh,
+        features_fn=features_fn,
+    )
+    gen = real[:3]
+    want = fid.frechet_distance(gen.mean(0), np.cov(gen, rowvar=False), mu, sigma)
+    assert result["fid"] == pytest.approx(want, rel=1e-3, abs=1e-4)
+    assert result["kid"] == pytest.approx(fid.kid(gen, real)[0], abs=1e-4)
+
+
+def test_try_load_inception_warns_once_and_returns_none(tmp_path, monkeypatch):
+    warnings = []
+    monkeypatch.setattr(fid.logging, "warning", lambda *a: warnings.append(a))
+    assert fid.try_load_inception(str(tmp_path / "missing.pth")) is None
+    bad = tmp_path / "bad.pth"
+    bad.write_bytes(b"\x00" * 100)
+    assert fid.try_load_inception(str(bad)) is None
+    assert len(warnings) == 2 and "missing.pth" in str(warnings[0])
+
+
+# ----------------------------------------------------------------------------- CLI
+def _write_pngs(folder, images):
+    folder.mkdir()
+    for i, image in enumerate(images):
+        Image.fromarray(image).save(folder / f"{i:03d}.png")
+
+
+def test_save_stats_over_png_folder_matches_pool3_statistics(tmp_path, weights, expected):
+    _write_pngs(tmp_path / "imgs", expected["images_uint8"])
+    out = tmp_path / "stats.npz"
+    args = ["--save-stats", str(tmp_path / "imgs"), str(out), "--weights", weights]
+    assert fid.main([*args, "--batch-size", "8"]) == 0
+    with np.load(out) as f:
+        np.testing.assert_allclose(f["mu"], expected["pool3"].mean(0), atol=1e-4, rtol=0)
+        ref = np.cov(expected["pool3"].astype(np.float64), rowvar=False)
+        np.testing.assert_allclose(f["sigma"], ref, atol=1e-4, rtol=0)
+        assert int(f["n"]) == 8 and list(f["resolution"]) == [64, 64] and str(f["crop"]) == "none"
+        assert str(f["weights_sha256"]) == inception.file_sha256(weights)
+        assert str(f["source"]) == str(tmp_path / "imgs")
+    # An existing output is never replaced.
+    assert fid.main([*args, "--batch-size", "8"]) == 1
+
+
+def test_cli_prints_fid_between_statistics_files(tmp_path, expected, capsys):
+    a, b = tmp_path / "a.npz", tmp_path / "b.npz"
+    fid.save_stats(a, expected["fd_mu1"], expected["fd_sigma1"])
+    fid.save_stats(b, expected["fd_mu2"], expected["fd_sigma2"])
+    assert fid.main([str(a), str(b)]) == 0
+    line = capsys.readouterr().out.strip()
+    assert line.startswith("FID: ")
+    assert float(line.split()[1]) == pytest.approx(float(expected["fd_expected"]), rel=1e-6)
+
+
+def test_folder_errors_name_the_file(tmp_path, weights, capsys):
+    folder = tmp_path / "mixed"
+    _write_pngs(folder, [np.zeros((8, 8, 3), np.uint8), np.zeros((9, 8, 3), np.uint8)])
+    assert fid.main([str(folder), str(folder), "--weights", weights]) == 1
+    assert "001.png" in capsys.readouterr().err
+    (folder / "001.png").write_bytes(b"not a png")
+    assert fid.main([str(folder), str(folder), "--weights", weights]) == 1
+    err = capsys.readouterr().err
+    assert "001.png" in err and "cannot read" in err

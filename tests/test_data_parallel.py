@@ -17,7 +17,7 @@ _SCRIPT = textwrap.dedent(
     """
     import jax, numpy as np
     from jax.sharding import Mesh
-    from facegan_jax import sharding, train_step
+    from facegan_jax import input_pipeline, sharding, train_step
     from facegan_jax import state as state_lib
     from tests.helpers import build_all, fake_batch, tiny_config
 
@@ -31,7 +31,8 @@ _SCRIPT = textwrap.dedent(
         state = state_lib.create_state(config, g, d, g_tx, d_tx, mesh)
         step = jax.jit(train_step.make_train_step(config, g, d, g_tx, d_tx),
                        in_shardings=(rep, bs), out_shardings=(rep, rep), donate_argnums=(0,))
-        batch = jax.device_put(fake_batch(config), bs)
+        host_batch = {k: np.asarray(v) for k, v in fake_batch(config).items()}
+        (batch,) = list(input_pipeline.device_put_batches(iter([host_batch]), bs, prefetch=2))
         assert len(batch["image"].sharding.device_set) == len(devices)
         for _ in range(2):
             state, metrics = step(state, batch)

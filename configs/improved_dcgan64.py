@@ -19,28 +19,9 @@ Smoke run: `--config=configs/improved_dcgan64.py:runlocal`.
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
-from pathlib import Path
-from types import ModuleType
-
 import ml_collections
 
-
-def _sibling_config(name: str) -> ModuleType:
-    """Imports configs/<name>.py as `configs.<name>`, or by path when `configs` is not importable.
-
-    config_flags loads a recipe by file path without putting the repo root on sys.path.
-    """
-    try:
-        return importlib.import_module(f"configs.{name}")
-    except ImportError:
-        spec = importlib.util.spec_from_file_location(
-            f"configs.{name}", Path(__file__).with_name(f"{name}.py")
-        )
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
+from configs import default
 
 
 def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
@@ -49,7 +30,6 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
         raise ValueError(
             f"unknown variant {variant!r} for configs/improved_dcgan64.py (known: runlocal)"
         )
-    default = _sibling_config("default")
     config = default.get_config()
     config.total_steps = 16 * 1750  # the seed: 16 epochs of 1750 iterations
 

@@ -295,7 +295,7 @@ print(json.dumps(out))
 def test_recipe_configs_load_by_path_from_outside_the_repo(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-c", _LOAD_BY_PATH, str(REPO_ROOT), *OUR_CONFIGS],
-        cwd=tmp_path,  # the repo root is not on sys.path: `configs` is not importable here
+        cwd=tmp_path,  # repo root not on sys.path: `configs` must come from the installed package
         env={"PATH": "/usr/bin:/bin", "PYTHONPATH": ""},
         capture_output=True,
         text=True,

@@ -112,3 +112,21 @@ def test_bad_schedule_names_the_field():
     config = tiny_config(**{"train.schedule": "sometimes"})
     with pytest.raises(ValueError, match="config.train.schedule='sometimes'"):
         train_step.validate_schedule(config)
+
+
+def test_mixed_precision_step_is_finite_and_close_to_float32():
+    results = {}
+    for mixed in (False, True):
+        config = tiny_config(**{"train.mixed_precision": mixed})
+        state, step, mesh = _setup(config)
+        batch = jax.device_put(fake_batch(config), sharding.batch_sharded(mesh))
+        new, metrics = step(state, batch)
+        results[mixed] = (jax.device_get(metrics), jax.device_get(new))
+    (m32, s32), (m16, s16) = results[False], results[True]
+    # bf16 compute, float32 parameters and optimizer state, float32 losses.
+    assert all(x.dtype == np.float32 for x in jax.tree.leaves(s16.g_params))
+    assert all(x.dtype == np.float32 for x in jax.tree.leaves(s16.d_opt_state) if x.ndim)
+    for name in ("d_loss", "g_loss", "d_real", "d_fake"):
+        assert np.isfinite(m16[name]) and m16[name].dtype == np.float32, name
+        np.testing.assert_allclose(m16[name], m32[name], rtol=0.05, atol=0.02, err_msg=name)
+    assert m16["d_loss"] != m32["d_loss"]  # bf16 really was used for the compute

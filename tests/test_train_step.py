@@ -122,7 +122,7 @@ def test_mixed_precision_step_is_finite_and_close_to_float32():
         batch = jax.device_put(fake_batch(config), sharding.batch_sharded(mesh))
         new, metrics = step(state, batch)
         results[mixed] = (jax.device_get(metrics), jax.device_get(new))
-    (m32, s32), (m16, s16) = results[False], results[True]
+    (m32, _), (m16, s16) = results[False], results[True]
     # bf16 compute, float32 parameters and optimizer state, float32 losses.
     assert all(x.dtype == np.float32 for x in jax.tree.leaves(s16.g_params))
     assert all(x.dtype == np.float32 for x in jax.tree.leaves(s16.d_opt_state) if x.ndim)

@@ -19,6 +19,8 @@ from absl import logging
 from facegan_jax.state import GanState
 
 CONFIG_FILE = "config.json"
+# Real attribute vectors [P, 40] a conditional run samples fake attributes from.
+ATTRIBUTE_POOL_FILE = "attribute_pool.npy"
 
 
 def checkpoint_dir(workdir: str) -> str:

@@ -483,14 +483,7 @@ def make_training_hook(
     mesh = sharding.create_mesh()
     params = jax.device_put(params, sharding.replicated(mesh))
     reference = _training_reference(config, params, workdir)
-    base = sampling.make_generate_fn(generator, config, seed=config.seed)
-
-    def generate(variables: PyTree, indices: jax.Array) -> jax.Array:
-        attributes = None
-        if pool is not None:
-            attributes = sampling.pool_attributes(config.seed, indices, jnp.asarray(pool))
-        return base(variables, indices, attributes)
-
+    generate = sampling.make_generate_fn(generator, config, seed=config.seed, pool=pool)
     features_fn = generator_features_fn(generate, True, mesh)
 
     def hook(state: Any) -> dict[str, float]:
@@ -599,29 +592,14 @@ def iterate_image_folder(files: list[Path], batch_size: int) -> Iterator[np.ndar
 
 
 def _workdir_generate(workdir: str) -> tuple[Callable[[PyTree, jax.Array], jax.Array], PyTree, Any]:
-    """A training workdir's EMA generator as `generate(variables, indices)` (the lead's API).
+    """A training workdir's EMA generator as `generate(variables, indices)`.
 
-    Call site of `load_generator_for_sampling(workdir) -> (generate, variables, config)`
-    (facegan_jax.sample, or facegan_jax.sampling), whose `generate` also takes attributes:
-    conditional models get attributes from the workdir's real attribute pool.
+    Conditional models get attributes drawn from the workdir's real attribute pool
+    (see `sample.load_generator_for_sampling`).
     """
-    try:
-        from facegan_jax.sample import load_generator_for_sampling
-    except ImportError:
-        from facegan_jax.sampling import load_generator_for_sampling
-    base, variables, config = load_generator_for_sampling(workdir)
-    pool = None
-    if config.model.num_attributes:
-        from facegan_jax import sampling, train
+    from facegan_jax.sample import load_generator_for_sampling
 
-        pool = jnp.asarray(train.load_attribute_pool(config, workdir))
-
-    def generate(gen_variables: PyTree, indices: jax.Array) -> jax.Array:
-        if pool is None:
-            return base(gen_variables, indices, None)
-        return base(gen_variables, indices, sampling.pool_attributes(0, indices, pool))
-
-    return generate, variables, config
+    return load_generator_for_sampling(workdir)
 
 
 def _source_stats(

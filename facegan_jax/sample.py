@@ -35,8 +35,10 @@ def load_generator_for_sampling(
     """Loads a workdir's generator.
 
     Returns:
-      (generate, variables, config): `generate(variables, indices, attributes)`
-      gives images in [-1, 1] with latents from `sampling.latents(SAMPLE_SEED, indices)`.
+      (generate, variables, config): `generate(variables, indices[, attributes])`
+      gives images in [-1, 1] with latents from `sampling.latents(SAMPLE_SEED, indices)`;
+      without `attributes`, conditional models use vectors from the workdir's
+      real attribute pool (`attribute_pool.npy`, written by training).
     """
     config = checkpointing.read_config(workdir)
     generator, discriminator = build_models(config)
@@ -50,7 +52,13 @@ def load_generator_for_sampling(
         variables = {"params": state.ema_params, **state.ema_vars}
     else:
         variables = {"params": state.g_params, **state.g_vars}
-    generate = sampling.make_generate_fn(generator, config, seed=SAMPLE_SEED)
+    pool = None
+    if config.model.num_attributes:
+        pool_path = os.path.join(workdir, checkpointing.ATTRIBUTE_POOL_FILE)
+        if not os.path.exists(pool_path):
+            raise FileNotFoundError(f"{pool_path} not found: it is written when training starts")
+        pool = np.load(pool_path)
+    generate = sampling.make_generate_fn(generator, config, seed=SAMPLE_SEED, pool=pool)
     return generate, variables, config
 
 
@@ -88,16 +96,9 @@ def main(argv: list[str] | None = None) -> int:
         generate, variables, config = load_generator_for_sampling(
             args.workdir, step=args.step, use_ema=not args.no_ema
         )
-        attributes = None
-        if config.model.num_attributes:
-            if args.attributes is not None:
-                attributes = parse_attributes(args.attributes, len(seeds))
-            else:
-                pool_path = os.path.join(args.workdir, "attribute_pool.npy")
-                pool = np.load(pool_path)
-                attributes = np.asarray(
-                    sampling.pool_attributes(SAMPLE_SEED, np.asarray(seeds), pool)
-                )
+        attributes = None  # conditional models: drawn from the attribute pool
+        if config.model.num_attributes and args.attributes is not None:
+            attributes = parse_attributes(args.attributes, len(seeds))
         images = sampling.generate_in_batches(
             generate, variables, seeds, args.batch_size, attributes
         )

@@ -43,13 +43,15 @@ def pool_attributes(seed: int, indices: jax.Array, pool: jax.Array) -> jax.Array
 
 
 def make_generate_fn(
-    generator: nn.Module, config: Any, seed: int
-) -> Callable[[PyTree, jax.Array, jax.Array | None], jax.Array]:
+    generator: nn.Module, config: Any, seed: int, pool: np.ndarray | None = None
+) -> Callable[..., jax.Array]:
     """Returns `generate(variables, indices, attributes) -> images [N, H, W, C]` in [-1, 1].
 
     The generator runs in eval mode (BatchNorm running statistics, frozen
     spectral-norm vectors), so each image depends on its own latent only.
-    `attributes` is `[N, 40]` for conditional models and ignored otherwise.
+    `attributes` is `[N, 40]` for conditional models and ignored otherwise; when it
+    is omitted, a conditional model gets `pool_attributes(seed, indices, pool)`
+    (real attribute vectors) or, without a pool, all-zero attributes.
 
     Images are generated one at a time inside the graph (`lax.map` over a
     batch-1 generator): XLA picks different convolution kernels for different
@@ -58,11 +60,14 @@ def make_generate_fn(
     """
     z_dim = config.model.z_dim
     conditional = bool(config.model.num_attributes)
+    pool_array = None if pool is None else jnp.asarray(pool, jnp.float32)
 
     def generate(variables: PyTree, indices: jax.Array, attributes: jax.Array | None = None):
         z = latents(seed, indices, z_dim)  # [N, Z]
         if not conditional:
             attributes = jnp.zeros((z.shape[0], 0), jnp.float32)  # unused
+        elif attributes is None and pool is not None:
+            attributes = pool_attributes(seed, indices, pool_array)  # [N, 40]
         elif attributes is None:
             attributes = jnp.zeros((z.shape[0], NUM_ATTRIBUTES), jnp.float32)
 

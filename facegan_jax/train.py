@@ -26,8 +26,6 @@ from facegan_jax import state as state_lib
 from facegan_jax import train_step as train_step_lib
 from facegan_jax.models import build_models
 
-ATTRIBUTE_POOL_FILE = "attribute_pool.npy"
-
 
 class _StopRequested:
     """Turns SIGTERM (pre-emption, `scancel`) into a flag the loop checks between steps."""
@@ -72,7 +70,7 @@ def load_attribute_pool(config: Any, workdir: str) -> np.ndarray | None:
     """Real attribute vectors [P, 40] for conditional sampling, cached in the workdir."""
     if not config.model.num_attributes:
         return None
-    path = os.path.join(workdir, ATTRIBUTE_POOL_FILE)
+    path = os.path.join(workdir, checkpointing.ATTRIBUTE_POOL_FILE)
     if os.path.exists(path):
         return np.load(path)
     pool = np.asarray(input_pipeline.attribute_pool(config), np.float32)
@@ -102,17 +100,14 @@ class ControlSampler:
 
     def __init__(self, config: Any, generator: Any, pool: np.ndarray | None, workdir: str):
         self.indices = np.arange(config.num_control_samples)
-        self.attributes = (
-            None
-            if pool is None
-            else np.asarray(sampling.pool_attributes(config.seed, self.indices, pool))
+        self.generate = jax.jit(
+            sampling.make_generate_fn(generator, config, seed=config.seed, pool=pool)
         )
-        self.generate = jax.jit(sampling.make_generate_fn(generator, config, seed=config.seed))
         self.dir = os.path.join(workdir, "samples")
 
     def __call__(self, state: state_lib.GanState, step: int, writer: Any) -> str:
         variables = {"params": state.ema_params, **state.ema_vars}
-        images = np.asarray(self.generate(variables, self.indices, self.attributes))
+        images = np.asarray(self.generate(variables, self.indices))
         grid = sampling.make_grid(sampling.to_uint8(images))
         path = os.path.join(self.dir, f"step_{step:07d}.png")
         if jax.process_index() == 0:

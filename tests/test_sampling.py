@@ -51,3 +51,23 @@ def test_grid_layout():
     assert grid.shape == (2 * 5 + 1, 3 * 5 + 1, 3)
     assert grid[1, 1, 0] == 0 and grid[1, 6, 0] == 1 and grid[6, 1, 0] == 3
     assert grid[0, 0, 0] == 128  # padding
+
+
+def test_conditional_generate_defaults_to_pool_attributes():
+    from configs import acgan64
+
+    config = acgan64.get_config("runlocal")
+    g, d, g_tx, d_tx, mesh = build_all(config)
+    state = state_lib.create_state(config, g, d, g_tx, d_tx, mesh)
+    variables = {"params": state.ema_params, **state.ema_vars}
+    pool = np.eye(40, dtype=np.float32)[:5]  # 5 distinct one-hot attribute vectors
+    indices = np.arange(6)
+    with_pool = sampling.make_generate_fn(g, config, seed=3, pool=pool)
+    explicit = sampling.make_generate_fn(g, config, seed=3)
+    chosen = np.asarray(sampling.pool_attributes(3, indices, pool))
+    assert {tuple(row) for row in chosen} <= {tuple(row) for row in pool}
+    np.testing.assert_array_equal(
+        np.asarray(with_pool(variables, indices)), np.asarray(explicit(variables, indices, chosen))
+    )
+    zeros = np.asarray(explicit(variables, indices))  # no pool: all-zero attributes
+    assert not np.array_equal(zeros, np.asarray(with_pool(variables, indices)))

@@ -26,6 +26,7 @@ import importlib
 from typing import Any
 
 import flax.linen as nn
+import jax.numpy as jnp
 
 # name -> module path under facegan_jax.models exposing build(config).
 MODEL_FAMILIES: dict[str, str] = {
@@ -49,3 +50,20 @@ def build_models(config: Any) -> tuple[nn.Module, nn.Module]:
         )
     module = importlib.import_module(MODEL_FAMILIES[name])
     return module.build(config)
+
+
+def compute_dtype(config: Any) -> Any:
+    """The modules' computation dtype: bfloat16 with `config.train.mixed_precision`.
+
+    Parameters stay float32 (each module's `param_dtype`), and generators and
+    discriminators return float32 images and logits, so the losses are float32.
+    """
+    return jnp.bfloat16 if config.train.mixed_precision else jnp.float32
+
+
+def require_unconditional(config: Any) -> None:
+    """Raises a ValueError naming the field if an unconditional family is given attributes."""
+    if config.model.num_attributes:
+        raise ValueError(
+            f"config.model.num_attributes must be 0 for {config.model.name!r} (use 'acgan')"
+        )

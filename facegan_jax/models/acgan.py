@@ -39,6 +39,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from facegan_jax.models import compute_dtype
 from facegan_jax.models.layers import MinibatchStdDev, PixelNorm, SNConv
 
 Dtype = Any
@@ -164,7 +165,7 @@ def build(config: Any) -> tuple[nn.Module, nn.Module]:
     Returns:
       (generator, discriminator) Flax modules following facegan_jax.models' contract.
     """
-    dtype = jnp.bfloat16 if config.train.mixed_precision else jnp.float32
+    dtype = compute_dtype(config)
     m = config.model
     num_stages(config.data.image_size)  # fail early with the field name
     generator = Generator(

@@ -27,6 +27,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from facegan_jax.models import compute_dtype, require_unconditional
+
 Dtype = Any
 _INIT = nn.initializers.normal(stddev=0.02)
 
@@ -184,10 +186,9 @@ class Discriminator(nn.Module):
 
 def build(config: Any) -> tuple[nn.Module, nn.Module]:
     """Builds the DCGAN (generator, discriminator) pair from `config.model` / `config.data`."""
-    dtype = jnp.bfloat16 if config.train.mixed_precision else jnp.float32
+    dtype = compute_dtype(config)
     m = config.model
-    if m.num_attributes:
-        raise ValueError("config.model.num_attributes must be 0 for 'dcgan' (use 'acgan')")
+    require_unconditional(config)
     generator = Generator(
         image_size=config.data.image_size,
         channels=config.data.channels,

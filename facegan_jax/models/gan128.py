@@ -32,7 +32,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from facegan_jax.models import dcgan
+from facegan_jax.models import compute_dtype, dcgan, require_unconditional
 
 Dtype = Any
 _INIT = nn.initializers.xavier_uniform()  # Keras glorot_uniform
@@ -126,10 +126,9 @@ def build(config: Any) -> tuple[nn.Module, nn.Module]:
     Returns:
       (generator, discriminator) Flax modules following facegan_jax.models' contract.
     """
-    dtype = jnp.bfloat16 if config.train.mixed_precision else jnp.float32
+    dtype = compute_dtype(config)
     m = config.model
-    if m.num_attributes:
-        raise ValueError("config.model.num_attributes must be 0 for 'gan128' (use 'acgan')")
+    require_unconditional(config)
     start_size(config.data.image_size)
     generator = Generator(
         image_size=config.data.image_size,

@@ -38,6 +38,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from facegan_jax.models import compute_dtype, require_unconditional
 from facegan_jax.models.dcgan import activation, conv_stride_2, conv_transpose_2x
 
 Dtype = Any
@@ -144,10 +145,9 @@ def build(config: Any) -> tuple[nn.Module, nn.Module]:
     Returns:
       (generator, discriminator) Flax modules following facegan_jax.models' contract.
     """
-    dtype = jnp.bfloat16 if config.train.mixed_precision else jnp.float32
+    dtype = compute_dtype(config)
     m = config.model
-    if m.num_attributes:
-        raise ValueError("config.model.num_attributes must be 0 for 'hrdcgan' (use 'acgan')")
+    require_unconditional(config)
     num_stages(config.data.image_size)
     generator = Generator(
         image_size=config.data.image_size,

@@ -1,7 +1,7 @@
 r"""Benchmarks: train-step, input-pipeline and FID-feature throughput, FLOPs and fraction of peak.
 
   python -m facegan_jax.benchmark --config=configs/dcgan64.py [--only=train,pipeline,fid]
-      [--steps=10] [--peak_gflops=494] [--config.train.batch_size=64]
+      [--steps=10] [--peak_gflops=0] [--config.train.batch_size=64]
 
 Figures are measured after warm-up and exclude compilation. The train step runs
 on a fixed random batch already on the devices (like the peers in
@@ -35,10 +35,64 @@ flags.DEFINE_integer("fid_batch", 50, "FID feature-extraction batch (64x64 uint8
 flags.DEFINE_integer("fid_steps", 4, "Timed FID feature batches.")
 flags.DEFINE_float(
     "peak_gflops",
-    494.0,
-    "Device fp32 peak in GFLOP/s for the fraction-of-peak figure "
-    "(default: this 2-core AVX-512 machine's measured FMA peak).",
+    0.0,
+    "Device fp32 peak in GFLOP/s for the fraction-of-peak figure; 0 = estimate it for a "
+    "CPU from /proc/cpuinfo (cores x FMA width x clock), omit the fraction elsewhere.",
 )
+
+
+def cpu_peak_gflops(cpuinfo: str, cores: int, max_mhz: float | None = None) -> tuple[float, str]:
+    """Nominal fp32 FMA peak of `cores` x86 cores described by `cpuinfo` (/proc/cpuinfo text).
+
+    FLOP per cycle per core: 2 FMA pipes x vector lanes x 2 (AVX-512: 64, AVX2+FMA:
+    32, otherwise SSE: 16). The clock is `max_mhz` when known (cpufreq's
+    maximum), else cpuinfo's current "cpu MHz", which in VMs is the nominal
+    clock (turbo runs faster, so the estimate can undershoot the real peak).
+
+    Returns:
+      (GFLOP/s, a one-line description of how it was derived).
+    """
+    flags_line = next((ln for ln in cpuinfo.splitlines() if ln.startswith("flags")), "")
+    cpu_flags = set(flags_line.split(":", 1)[-1].split())
+    if "avx512f" in cpu_flags:
+        isa, per_cycle = "AVX-512", 64
+    elif {"avx2", "fma"} <= cpu_flags:
+        isa, per_cycle = "AVX2+FMA", 32
+    else:
+        isa, per_cycle = "SSE", 16
+    if max_mhz is None:
+        mhz = [float(ln.split(":")[1]) for ln in cpuinfo.splitlines() if ln.startswith("cpu MHz")]
+        max_mhz = max(mhz) if mhz else 2000.0
+    peak = cores * per_cycle * max_mhz / 1e3
+    return peak, f"{cores} cores x {per_cycle} FLOP/cycle ({isa}) x {max_mhz / 1e3:.2f} GHz"
+
+
+def _device_peak(requested: float) -> tuple[float | None, str]:
+    """`requested` if > 0; for CPU backends an estimate from /proc/cpuinfo; else unknown."""
+    import jax
+
+    if requested > 0:
+        return requested, "--peak_gflops"
+    if jax.default_backend() != "cpu":
+        return None, "unknown (pass --peak_gflops)"
+    try:
+        with open("/proc/cpuinfo") as f:
+            info = f.read()
+    except OSError:
+        return None, "unknown (no /proc/cpuinfo; pass --peak_gflops)"
+    max_mhz = None
+    try:
+        with open("/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq") as f:
+            max_mhz = float(f.read()) / 1e3
+    except (OSError, ValueError):
+        pass
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    peak, how = cpu_peak_gflops(info, cores or 1, max_mhz)
+    return peak, f"nominal {how}"
+
+
+def _of_peak(gflops: float, peak: float | None) -> str:
+    return f" = {100 * gflops / peak:.1f}% of {peak:.0f} GFLOP/s peak" if peak else ""
 
 
 def _timed(fn, n: int) -> list[float]:
@@ -57,7 +111,7 @@ def _cost_flops(compiled) -> float | None:
     return float(cost["flops"]) if cost and "flops" in cost else None
 
 
-def bench_train(config, steps: int, warmup: int, peak: float) -> float:
+def bench_train(config, steps: int, warmup: int, peak: float | None) -> float:
     """Prints and returns train-step images/s for `config` on random data."""
     import jax
     import jax.numpy as jnp
@@ -111,7 +165,7 @@ def bench_train(config, steps: int, warmup: int, peak: float) -> float:
         achieved = per_img * img_s / 1e9
         print(
             f"train: {per_img / 1e9:.3f} GFLOP per training image (XLA cost analysis); "
-            f"{achieved:.1f} GFLOP/s = {100 * achieved / peak:.1f}% of {peak:.0f} GFLOP/s peak"
+            f"{achieved:.1f} GFLOP/s{_of_peak(achieved, peak)}"
         )
     return img_s
 
@@ -127,7 +181,7 @@ def bench_pipeline(config, num_batches: int) -> float:
     return img_s
 
 
-def bench_fid(batch: int, steps: int, peak: float) -> float:
+def bench_fid(batch: int, steps: int, peak: float | None) -> float:
     """FID feature extraction (pool3, float32 'highest') on 64x64 uint8 images, random weights."""
     import jax
     import jax.numpy as jnp
@@ -154,8 +208,8 @@ def bench_fid(batch: int, steps: int, peak: float) -> float:
     if flops:
         achieved = flops / med / 1e9
         print(
-            f"fid: {flops / batch / 1e9:.2f} GFLOP per image; {achieved:.1f} GFLOP/s = "
-            f"{100 * achieved / peak:.1f}% of peak"
+            f"fid: {flops / batch / 1e9:.2f} GFLOP per image; {achieved:.1f} GFLOP/s"
+            f"{_of_peak(achieved, peak)}"
         )
     return img_s
 
@@ -171,18 +225,18 @@ def main(argv: list[str]) -> None:
         f"device: {jax.devices()} ({platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} CPUs)"
     )
+    peak, how = _device_peak(FLAGS.peak_gflops)
+    print(f"peak: {f'{peak:.0f} GFLOP/s' if peak else 'not known'} ({how})")
     results = []
     if "train" in FLAGS.only:
-        img_s = bench_train(config, FLAGS.steps, FLAGS.warmup, FLAGS.peak_gflops)
+        img_s = bench_train(config, FLAGS.steps, FLAGS.warmup, peak)
         results.append(("train", img_s, config.train.batch_size * config.train.n_critic))
     if "pipeline" in FLAGS.only:
         results.append(
             ("pipeline", bench_pipeline(config, FLAGS.pipeline_batches), config.train.batch_size)
         )
     if "fid" in FLAGS.only:
-        results.append(
-            ("fid", bench_fid(FLAGS.fid_batch, FLAGS.fid_steps, FLAGS.peak_gflops), FLAGS.fid_batch)
-        )
+        results.append(("fid", bench_fid(FLAGS.fid_batch, FLAGS.fid_steps, peak), FLAGS.fid_batch))
     for name, img_s, batch in results:
         print(f"RESULT name={name} img_per_s={img_s:.2f} batch={batch}")
 

@@ -3,6 +3,12 @@ r"""Benchmarks: train-step, input-pipeline and FID-feature throughput, FLOPs and
   python -m facegan_jax.benchmark --config=configs/dcgan64.py [--only=train,pipeline,fid]
       [--steps=10] [--peak_gflops=0] [--config.train.batch_size=64]
 
+`--only=layers` is the profile behind the train figure: every convolution and
+dense layer of G and D, captured with its real input shape at the config's
+batch size, timed alone for its forward pass, input gradient and weight
+gradient, with XLA's FLOP count and GFLOP/s per part (a layer's share of the
+step, and which part of which layer runs far from peak).
+
 Figures are measured after warm-up and exclude compilation. The train step runs
 on a fixed random batch already on the devices (like the peers in
 ../shared/peers/, which time no data loading); its images/s counts real images
@@ -19,6 +25,7 @@ import os
 import platform
 import statistics
 import time
+from typing import Any
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -27,7 +34,7 @@ from facegan_jax import runtime
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", "configs/dcgan64.py", "Config file.", lock_config=True)
-flags.DEFINE_list("only", ["train", "pipeline", "fid"], "Which figures to measure.")
+flags.DEFINE_list("only", ["train", "pipeline", "fid"], "Which figures to measure (also: layers).")
 flags.DEFINE_integer("steps", 10, "Timed train steps (median reported).")
 flags.DEFINE_integer("warmup", 3, "Untimed steps after compilation.")
 flags.DEFINE_integer("pipeline_batches", 30, "Timed input-pipeline batches.")
@@ -170,6 +177,88 @@ def bench_train(config, steps: int, warmup: int, peak: float | None) -> float:
     return img_s
 
 
+_PROFILED = ("Conv", "ConvTranspose", "Dense", "FastConvTranspose2x", "FastConvStride2", "SNConv")
+_PROFILED_DENSE = ("Dense", "SNDense")
+
+
+def _capture_layers(module, variables, *args, **kwargs) -> list[tuple[str, Any, Any]]:
+    """(path, unbound module clone, input) for each conv/dense call of `module.apply`."""
+    import flax.linen as nn
+
+    seen = []
+
+    def interceptor(next_fun, call_args, call_kwargs, context):
+        mod = context.module
+        if context.method_name == "__call__" and type(mod).__name__ in _PROFILED + _PROFILED_DENSE:
+            seen.append(("/".join(mod.scope.path), mod.clone(parent=None), call_args[0]))
+        return next_fun(*call_args, **call_kwargs)
+
+    with nn.intercept_methods(interceptor):
+        module.apply(variables, *args, mutable=True, **kwargs)
+    return seen
+
+
+def _profile_layer(layer, x, reps: int) -> list[tuple[str, float, float | None]]:
+    """[(part, median ms, GFLOP)] for the forward pass, input gradient and weight gradient."""
+    import jax
+    import numpy as np
+
+    kwargs = {"update_stats": False} if type(layer).__name__ == "SNConv" else {}
+    variables = layer.init(jax.random.PRNGKey(0), x, **kwargs)
+    params, rest = variables["params"], {k: v for k, v in variables.items() if k != "params"}
+
+    def fwd(p, x):
+        return layer.apply({"params": p, **rest}, x, **kwargs)
+
+    y = jax.eval_shape(fwd, params, x)
+    ct = np.random.default_rng(0).standard_normal(y.shape).astype(y.dtype)
+    parts = {
+        "fwd": (fwd, (params, x)),
+        "dgrad": (lambda p, x, ct: jax.vjp(lambda x_: fwd(p, x_), x)[1](ct)[0], (params, x, ct)),
+        "wgrad": (lambda p, x, ct: jax.vjp(lambda p_: fwd(p_, x), p)[1](ct)[0], (params, x, ct)),
+    }
+    out = []
+    for name, (fn, fn_args) in parts.items():
+        compiled = jax.jit(fn).lower(*fn_args).compile()
+        flops = _cost_flops(compiled)
+        jax.block_until_ready(compiled(*fn_args))
+        times = _timed(lambda c=compiled, a=fn_args: jax.block_until_ready(c(*a)), reps)
+        med = statistics.median(times)
+        out.append((name, med * 1e3, flops / 1e9 if flops else None))
+    return out
+
+
+def profile_layers(config, reps: int = 5) -> float:
+    """Prints fwd / dgrad / wgrad time and GFLOP/s of every G and D layer; returns total ms."""
+    import jax
+    import jax.numpy as jnp
+
+    from facegan_jax.models import build_models
+
+    g, d = build_models(config)
+    b, s, c = config.train.batch_size, config.data.image_size, config.data.channels
+    z = jnp.zeros((b, config.model.z_dim), jnp.float32)
+    attrs = jnp.zeros((b, 40), jnp.float32) if config.model.num_attributes else None
+    images = jnp.zeros((b, s, s, c), jnp.float32)
+    key = {"params": jax.random.PRNGKey(0), "dropout": jax.random.PRNGKey(1)}
+    layers = _capture_layers(g, g.init(key, z, attrs, train=False), z, attrs, train=True)
+    layers += _capture_layers(
+        d, d.init(key, images, train=False), images, train=True, rngs={"dropout": key["dropout"]}
+    )
+    print(f"layers: {config.model.name} batch {b}, median of {reps} runs per part")
+    total = 0.0
+    for path, layer, x in layers:
+        cells = []
+        for name, ms, gflop in _profile_layer(layer, jnp.zeros(x.shape, x.dtype), reps):
+            total += ms
+            rate = f" {gflop / ms * 1e3:6.1f} GFLOP/s" if gflop else ""
+            cells.append(f"{name} {ms:7.1f} ms{rate}")
+        shape = "x".join(map(str, x.shape))
+        print(f"layers: {type(layer).__name__:19s} {path:28s} in {shape:16s} " + " | ".join(cells))
+    print(f"layers: sum of all parts {total:.0f} ms")
+    return total
+
+
 def bench_pipeline(config, num_batches: int) -> float:
     from facegan_jax import input_pipeline
 
@@ -231,6 +320,8 @@ def main(argv: list[str]) -> None:
     if "train" in FLAGS.only:
         img_s = bench_train(config, FLAGS.steps, FLAGS.warmup, peak)
         results.append(("train", img_s, config.train.batch_size * config.train.n_critic))
+    if "layers" in FLAGS.only:
+        profile_layers(config, FLAGS.steps)
     if "pipeline" in FLAGS.only:
         results.append(
             ("pipeline", bench_pipeline(config, FLAGS.pipeline_batches), config.train.batch_size)

@@ -24,14 +24,14 @@ def test_cpu_peak_counts_fma_width_cores_and_clock():
     assert abs(peak - 16.0) < 1e-6
 
 
-def test_benchmark_prints_figures_and_result_lines():
+def test_benchmark_prints_figures_layer_profile_and_result_lines():
     proc = subprocess.run(
         [
             sys.executable,
             "-m",
             "facegan_jax.benchmark",
             "--config=configs/dcgan32.py:runlocal",
-            "--only=train",
+            "--only=train,layers",
             "--steps=2",
             "--warmup=1",
             "--config.train.batch_size=8",
@@ -46,5 +46,9 @@ def test_benchmark_prints_figures_and_result_lines():
     assert re.search(r"^peak: \d+ GFLOP/s \(nominal \d+ cores x", out, re.M), out
     flops = re.search(r"train: ([0-9.]+) GFLOP per training image.*% of \d+ GFLOP/s peak", out)
     assert flops and float(flops.group(1)) > 0, out
+    # The layer profile: every conv of G (4 here) and D (3 + the final 4x4), three parts each.
+    rows = re.findall(r"^layers: (\w+) .* fwd .* ms .* \| dgrad .* \| wgrad .* ms", out, re.M)
+    assert rows.count("FastConvTranspose2x") == 3 and rows.count("FastConvStride2") == 3, out
+    assert rows.count("ConvTranspose") == 1 and rows.count("Conv") == 1, out
     result = re.search(r"^RESULT name=train img_per_s=([0-9.]+) batch=8$", out, re.M)
     assert result and float(result.group(1)) > 0, out

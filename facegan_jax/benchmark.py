@@ -7,7 +7,8 @@ r"""Benchmarks: train-step, input-pipeline and FID-feature throughput, FLOPs and
 dense layer of G and D, captured with its real input shape at the config's
 batch size, timed alone for its forward pass, input gradient and weight
 gradient, with XLA's FLOP count and GFLOP/s per part (a layer's share of the
-step, and which part of which layer runs far from peak).
+step, and which part of which layer runs far from peak). `--only=fid_layers`
+does the same for the Inception convs of the FID features (forward only).
 
 Figures are measured after warm-up and exclude compilation. The train step runs
 on a fixed random batch already on the devices (like the peers in
@@ -34,7 +35,9 @@ from facegan_jax import runtime
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", "configs/dcgan64.py", "Config file.", lock_config=True)
-flags.DEFINE_list("only", ["train", "pipeline", "fid"], "Which figures to measure (also: layers).")
+flags.DEFINE_list(
+    "only", ["train", "pipeline", "fid"], "Which figures to measure (also: layers, fid_layers)."
+)
 flags.DEFINE_integer("steps", 10, "Timed train steps (median reported).")
 flags.DEFINE_integer("warmup", 3, "Untimed steps after compilation.")
 flags.DEFINE_integer("pipeline_batches", 30, "Timed input-pipeline batches.")
@@ -177,7 +180,14 @@ def bench_train(config, steps: int, warmup: int, peak: float | None) -> float:
     return img_s
 
 
-_PROFILED = ("Conv", "ConvTranspose", "Dense", "FastConvTranspose2x", "FastConvStride2", "SNConv")
+_PROFILED = (
+    "Conv",
+    "ConvTranspose",
+    "FastConvTranspose2x",
+    "FastConvStride2",
+    "SNConv",
+    "FoldedConv",  # Inception's conv + folded BatchNorm + ReLU
+)
 _PROFILED_DENSE = ("Dense", "SNDense")
 
 
@@ -198,8 +208,10 @@ def _capture_layers(module, variables, *args, **kwargs) -> list[tuple[str, Any, 
     return seen
 
 
-def _profile_layer(layer, x, reps: int) -> list[tuple[str, float, float | None]]:
-    """[(part, median ms, GFLOP)] for the forward pass, input gradient and weight gradient."""
+def _profile_layer(
+    layer, x, reps: int, parts: tuple[str, ...] = ("fwd", "dgrad", "wgrad")
+) -> list[tuple[str, float, float | None]]:
+    """[(part, median ms, GFLOP)] for the forward pass, input gradient and/or weight gradient."""
     import jax
     import numpy as np
 
@@ -212,13 +224,14 @@ def _profile_layer(layer, x, reps: int) -> list[tuple[str, float, float | None]]
 
     y = jax.eval_shape(fwd, params, x)
     ct = np.random.default_rng(0).standard_normal(y.shape).astype(y.dtype)
-    parts = {
+    fns = {
         "fwd": (fwd, (params, x)),
         "dgrad": (lambda p, x, ct: jax.vjp(lambda x_: fwd(p, x_), x)[1](ct)[0], (params, x, ct)),
         "wgrad": (lambda p, x, ct: jax.vjp(lambda p_: fwd(p_, x), p)[1](ct)[0], (params, x, ct)),
     }
     out = []
-    for name, (fn, fn_args) in parts.items():
+    for name in parts:
+        fn, fn_args = fns[name]
         compiled = jax.jit(fn).lower(*fn_args).compile()
         flops = _cost_flops(compiled)
         jax.block_until_ready(compiled(*fn_args))
@@ -256,6 +269,34 @@ def profile_layers(config, reps: int = 5) -> float:
         shape = "x".join(map(str, x.shape))
         print(f"layers: {type(layer).__name__:19s} {path:28s} in {shape:16s} " + " | ".join(cells))
     print(f"layers: sum of all parts {total:.0f} ms")
+    return total
+
+
+def profile_fid_layers(batch: int, reps: int, top: int = 12) -> float:
+    """Prints the `top` slowest Inception convs (forward, float32 'highest'); returns total ms."""
+    import jax
+    import jax.numpy as jnp
+
+    from facegan_jax.models import inception
+
+    net = inception.InceptionV3()
+    images = jnp.zeros((batch, 64, 64, 3), jnp.float32)
+    with jax.default_matmul_precision("highest"):
+        variables = net.init(jax.random.PRNGKey(0), images[:1])
+        rows = []
+        for path, layer, x in _capture_layers(net, variables, images):
+            ((_, ms, gflop),) = _profile_layer(layer, jnp.zeros(x.shape, x.dtype), reps, ("fwd",))
+            rows.append((ms, gflop, path, "x".join(map(str, x.shape)), layer.kernel_size))
+    total = sum(r[0] for r in rows)
+    gflop_total = sum(r[1] or 0.0 for r in rows)
+    print(
+        f"fid layers: {len(rows)} convs, batch {batch}: {total:.0f} ms, "
+        f"{gflop_total / total * 1e3:.1f} GFLOP/s overall; slowest {top}:"
+    )
+    for ms, gflop, path, shape, ks in sorted(rows, reverse=True)[:top]:
+        rate = f"{gflop / ms * 1e3:6.1f} GFLOP/s" if gflop else ""
+        kernel = "x".join(map(str, ks))
+        print(f"fid layers: {path:32s} k{kernel:4s} in {shape:16s} {ms:7.1f} ms {rate}")
     return total
 
 
@@ -322,6 +363,8 @@ def main(argv: list[str]) -> None:
         results.append(("train", img_s, config.train.batch_size * config.train.n_critic))
     if "layers" in FLAGS.only:
         profile_layers(config, FLAGS.steps)
+    if "fid_layers" in FLAGS.only:
+        profile_fid_layers(FLAGS.fid_batch, FLAGS.fid_steps)
     if "pipeline" in FLAGS.only:
         results.append(
             ("pipeline", bench_pipeline(config, FLAGS.pipeline_batches), config.train.batch_size)

@@ -102,54 +102,19 @@ def _conv(
     padding: tuple[int, int] = (0, 0),
 ) -> jax.Array:
     """BN-folded BasicConv2d: conv (HWIO kernel) + bias + ReLU."""
-    kh, kw, cin = kernel.shape[:3]
-    if kh * kw > 1 and cin >= _PATCH_MATMUL_MIN_CHANNELS and _use_patch_matmul():
-        y = _conv_as_matmul(x, kernel, strides, padding)
-    else:
-        y = lax.conv_general_dilated(
-            x,
-            kernel,
-            window_strides=(strides, strides),
-            padding=((padding[0], padding[0]), (padding[1], padding[1])),
-            dimension_numbers=("NHWC", "HWIO", "NHWC"),
-            precision=_HIGHEST,
-        )
+    # Plain XLA convolution, also on CPU: with Eigen's convolutions (runtime.CPU_CONV_FLAG)
+    # every layer runs at 100-170 GFLOP/s on 2 AVX2 cores, while an im2col patch matrix
+    # times the kernel (used here before) ran Conv2d_4a at 46 GFLOP/s: 12.5 vs 9.0 img/s
+    # for the whole network (`python -m facegan_jax.benchmark --only=fid,fid_layers`).
+    y = lax.conv_general_dilated(
+        x,
+        kernel,
+        window_strides=(strides, strides),
+        padding=((padding[0], padding[0]), (padding[1], padding[1])),
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        precision=_HIGHEST,
+    )
     return jax.nn.relu(y + bias)
-
-
-# XLA:CPU's convolution ran at about half the speed of its matrix product on the same
-# work for the wide layers (2-core Zen 5: ~12 vs ~27 GFLOP/s for Conv2d_4a, 80 -> 192),
-# but faster for the narrow stem layers (3 and 32 input channels), whose im2col patch
-# matrices are large and thin. So on CPU a KxK convolution with at least this many
-# input channels is an im2col patch matrix times the kernel.
-_PATCH_MATMUL_MIN_CHANNELS = 64
-
-
-def _use_patch_matmul() -> bool:
-    # Accelerators keep their native (cuDNN/TPU) convolutions.
-    return jax.default_backend() == "cpu"
-
-
-def _conv_as_matmul(
-    x: jax.Array, kernel: jax.Array, strides: int, padding: tuple[int, int]
-) -> jax.Array:
-    """Convolution as one matrix product over im2col patches (the same sums)."""
-    kh, kw, cin, cout = kernel.shape
-    ph, pw = padding
-    x = jnp.pad(x, ((0, 0), (ph, ph), (pw, pw), (0, 0)))
-    _, H, W, _ = x.shape
-    ho, wo = (H - kh) // strides + 1, (W - kw) // strides + 1
-    patches = jnp.concatenate(
-        [
-            x[:, i : i + strides * (ho - 1) + 1 : strides, j : j + strides * (wo - 1) + 1 : strides]
-            for i in range(kh)
-            for j in range(kw)
-        ],
-        axis=-1,
-    )  # [B, ho, wo, kh*kw*cin]
-    return jnp.einsum(
-        "bhwk,ko->bhwo", patches, kernel.reshape(kh * kw * cin, cout), precision=_HIGHEST
-    )  # [B, ho, wo, cout]
 
 
 def _max_pool_3x3(x: jax.Array, strides: int, padding: int) -> jax.Array:

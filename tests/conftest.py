@@ -48,3 +48,34 @@ def celeba_local_build(shared_data: Path, tmp_path_factory: pytest.TempPathFacto
 
     data_dir = tmp_path_factory.mktemp("celeba_local_shared")
     return celeba_local.prepare(shared_data / "celeba", data_dir, show_progress=False)
+
+
+@pytest.fixture(scope="session")
+def inception_fixture_dir(shared_data: Path) -> Path:
+    """The pytorch-fid-format Inception fixture folder (weights + pytorch-fid's features)."""
+    return shared_data / "inception_fixture"
+
+
+@pytest.fixture(scope="session")
+def inception_expected(inception_fixture_dir: Path) -> dict:
+    """What pytorch-fid computed with the fixture weights (features, blocks, distances)."""
+    import numpy as np
+
+    with np.load(inception_fixture_dir / "fixture_expected_seed0.npz") as f:
+        return {k: f[k] for k in f.files}
+
+
+@pytest.fixture(scope="session")
+def inception_weights(inception_fixture_dir: Path) -> str:
+    """Path of the fixture weights in pytorch-fid's .pth format."""
+    return str(inception_fixture_dir / "fixture_inception_seed0.pth")
+
+
+@pytest.fixture(scope="session")
+def inception_params(inception_weights: str):
+    """The fixture weights loaded once per session, on the device."""
+    import jax
+
+    from facegan_jax.models import inception
+
+    return jax.device_put(inception.load_inception_params(inception_weights))

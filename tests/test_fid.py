@@ -13,33 +13,15 @@ from facegan_jax import fid
 from facegan_jax.models import inception
 
 
-@pytest.fixture(scope="module")
-def fixture_dir(shared_data):
-    return shared_data / "inception_fixture"
-
-
-@pytest.fixture(scope="module")
-def expected(fixture_dir):
-    with np.load(fixture_dir / "fixture_expected_seed0.npz") as f:
-        return {k: f[k] for k in f.files}
-
-
-@pytest.fixture(scope="module")
-def weights(fixture_dir):
-    return str(fixture_dir / "fixture_inception_seed0.pth")
-
-
-@pytest.fixture(scope="module")
-def params(weights):
-    return jax.device_put(inception.load_inception_params(weights))
-
-
 # ----------------------------------------------------------------------------- distances
-def test_frechet_distance_matches_pytorch_fid(expected):
+def test_frechet_distance_matches_pytorch_fid(inception_expected):
     value = fid.frechet_distance(
-        expected["fd_mu1"], expected["fd_sigma1"], expected["fd_mu2"], expected["fd_sigma2"]
+        inception_expected["fd_mu1"],
+        inception_expected["fd_sigma1"],
+        inception_expected["fd_mu2"],
+        inception_expected["fd_sigma2"],
     )
-    assert value == pytest.approx(float(expected["fd_expected"]), rel=1e-6)
+    assert value == pytest.approx(float(inception_expected["fd_expected"]), rel=1e-6)
 
 
 def test_frechet_distance_of_diagonal_gaussians_has_the_closed_form():
@@ -136,10 +118,14 @@ def test_fixed_batches_rechunk_and_pad():
 
 
 # ----------------------------------------------------------------------------- in the graph
-def test_fused_generator_features_over_a_mesh_match_pytorch_fid(params, expected):
+def test_fused_generator_features_over_a_mesh_match_pytorch_fid(
+    inception_params, inception_expected
+):
     # A "generator" that returns the fixture images in [-1, 1]: after PNG quantisation
     # the network sees exactly pytorch-fid's input, so its features must match.
-    bank = jnp.asarray(expected["images_uint8"], jnp.float32) / 127.5 - 1.0  # [8, 64, 64, 3]
+    bank = (
+        jnp.asarray(inception_expected["images_uint8"], jnp.float32) / 127.5 - 1.0
+    )  # [8, 64, 64, 3]
 
     def generate(variables, indices):
         return variables["bank"][indices % 8]
@@ -147,17 +133,19 @@ def test_fused_generator_features_over_a_mesh_match_pytorch_fid(params, expected
     mesh = Mesh(np.asarray(jax.devices()[:2]), ("data",))
     features_fn = fid.generator_features_fn(generate, True, mesh)
     assert fid.generator_features_fn(generate, True, mesh) is features_fn  # compiled once
-    feats = features_fn({"bank": bank}, params, jnp.asarray([5, 2], jnp.int32))
+    feats = features_fn({"bank": bank}, inception_params, jnp.asarray([5, 2], jnp.int32))
     assert feats.sharding.spec == jax.sharding.PartitionSpec("data")
-    np.testing.assert_allclose(np.asarray(feats), expected["pool3"][[5, 2]], atol=1e-4, rtol=0)
+    np.testing.assert_allclose(
+        np.asarray(feats), inception_expected["pool3"][[5, 2]], atol=1e-4, rtol=0
+    )
 
-    real = expected["pool3"]
+    real = inception_expected["pool3"]
     mu, sigma = real.mean(0), np.cov(real, rowvar=False)
     # 3 samples in batches of 2: the padded 4th row must not count.
     result = fid.evaluate_generator(
         generate,
         {"bank": bank},
-        params,
+        inception_params,
         num_samples=3,
         batch_size=2,
         reference=(mu, sigma),
@@ -188,38 +176,42 @@ def _write_pngs(folder, images):
         Image.fromarray(image).save(folder / f"{i:03d}.png")
 
 
-def test_save_stats_over_png_folder_matches_pool3_statistics(tmp_path, weights, expected):
-    _write_pngs(tmp_path / "imgs", expected["images_uint8"])
+def test_save_stats_over_png_folder_matches_pool3_statistics(
+    tmp_path, inception_weights, inception_expected
+):
+    _write_pngs(tmp_path / "imgs", inception_expected["images_uint8"])
     out = tmp_path / "stats.npz"
-    args = ["--save-stats", str(tmp_path / "imgs"), str(out), "--weights", weights]
+    args = ["--save-stats", str(tmp_path / "imgs"), str(out), "--weights", inception_weights]
     assert fid.main([*args, "--batch-size", "8"]) == 0
     with np.load(out) as f:
-        np.testing.assert_allclose(f["mu"], expected["pool3"].mean(0), atol=1e-4, rtol=0)
-        ref = np.cov(expected["pool3"].astype(np.float64), rowvar=False)
+        np.testing.assert_allclose(f["mu"], inception_expected["pool3"].mean(0), atol=1e-4, rtol=0)
+        ref = np.cov(inception_expected["pool3"].astype(np.float64), rowvar=False)
         np.testing.assert_allclose(f["sigma"], ref, atol=1e-4, rtol=0)
         assert int(f["n"]) == 8 and list(f["resolution"]) == [64, 64] and str(f["crop"]) == "none"
-        assert str(f["weights_sha256"]) == inception.file_sha256(weights)
+        assert str(f["weights_sha256"]) == inception.file_sha256(inception_weights)
         assert str(f["source"]) == str(tmp_path / "imgs")
     # An existing output is never replaced.
     assert fid.main([*args, "--batch-size", "8"]) == 1
 
 
-def test_cli_prints_fid_between_statistics_files(tmp_path, expected, capsys):
+def test_cli_prints_fid_between_statistics_files(tmp_path, inception_expected, capsys):
     a, b = tmp_path / "a.npz", tmp_path / "b.npz"
-    fid.save_stats(a, expected["fd_mu1"], expected["fd_sigma1"])
-    fid.save_stats(b, expected["fd_mu2"], expected["fd_sigma2"])
+    fid.save_stats(a, inception_expected["fd_mu1"], inception_expected["fd_sigma1"])
+    fid.save_stats(b, inception_expected["fd_mu2"], inception_expected["fd_sigma2"])
     assert fid.main([str(a), str(b)]) == 0
     line = capsys.readouterr().out.strip()
     assert line.startswith("FID: ")
-    assert float(line.split()[1]) == pytest.approx(float(expected["fd_expected"]), rel=1e-6)
+    assert float(line.split()[1]) == pytest.approx(
+        float(inception_expected["fd_expected"]), rel=1e-6
+    )
 
 
-def test_folder_errors_name_the_file(tmp_path, weights, capsys):
+def test_folder_errors_name_the_file(tmp_path, inception_weights, capsys):
     folder = tmp_path / "mixed"
     _write_pngs(folder, [np.zeros((8, 8, 3), np.uint8), np.zeros((9, 8, 3), np.uint8)])
-    assert fid.main([str(folder), str(folder), "--weights", weights]) == 1
+    assert fid.main([str(folder), str(folder), "--weights", inception_weights]) == 1
     assert "001.png" in capsys.readouterr().err
     (folder / "001.png").write_bytes(b"not a png")
-    assert fid.main([str(folder), str(folder), "--weights", weights]) == 1
+    assert fid.main([str(folder), str(folder), "--weights", inception_weights]) == 1
     err = capsys.readouterr().err
     assert "001.png" in err and "cannot read" in err

@@ -20,33 +20,15 @@ from facegan_jax.models import inception
 
 
 @pytest.fixture(scope="module")
-def fixture_dir(shared_data):
-    return shared_data / "inception_fixture"
-
-
-@pytest.fixture(scope="module")
-def expected(fixture_dir):
-    with np.load(fixture_dir / "fixture_expected_seed0.npz") as f:
-        return {k: f[k] for k in f.files}
-
-
-@pytest.fixture(scope="module")
-def params(fixture_dir):
-    return jax.device_put(
-        inception.load_inception_params(fixture_dir / "fixture_inception_seed0.pth")
-    )
-
-
-@pytest.fixture(scope="module")
 def forward():
     return jax.jit(lambda p, x: inception.InceptionV3().apply({"params": p}, x, return_blocks=True))
 
 
 # ----------------------------------------------------------------------------- file reading
-def test_state_dict_has_the_real_files_names_and_shapes(fixture_dir):
-    state = inception.read_torch_state_dict(fixture_dir / "fixture_inception_seed0.pth")
+def test_state_dict_has_the_real_files_names_and_shapes(inception_fixture_dir):
+    state = inception.read_torch_state_dict(inception_fixture_dir / "fixture_inception_seed0.pth")
     header = {}
-    for line in (fixture_dir / "real_weights_param_shapes.txt").read_text().splitlines():
+    for line in (inception_fixture_dir / "real_weights_param_shapes.txt").read_text().splitlines():
         name, _, shape = line.partition(" ")
         header[name] = tuple(int(s) for s in shape.split("x") if s)
     assert len(header) == 566
@@ -55,8 +37,8 @@ def test_state_dict_has_the_real_files_names_and_shapes(fixture_dir):
     assert state["Conv2d_1a_3x3.bn.num_batches_tracked"].dtype == np.int64
 
 
-def test_truncated_download_is_rejected_with_a_clear_error(fixture_dir):
-    path = fixture_dir / "real_weights_truncated.pth"
+def test_truncated_download_is_rejected_with_a_clear_error(inception_fixture_dir):
+    path = inception_fixture_dir / "real_weights_truncated.pth"
     with pytest.raises(inception.InceptionWeightsError, match="truncated or corrupt") as err:
         inception.load_inception_params(path)
     message = str(err.value)
@@ -211,10 +193,12 @@ def test_explicit_missing_path_is_named(tmp_path):
 
 
 # ----------------------------------------------------------------------------- numerics
-def test_resize_matches_torch_bilinear(expected):
-    images = jnp.asarray(expected["images_uint8"][:2], jnp.float32) / 255.0
+def test_resize_matches_torch_bilinear(inception_expected):
+    images = jnp.asarray(inception_expected["images_uint8"][:2], jnp.float32) / 255.0
     resized = jax.jit(inception.resize_to_inception)(images)
-    np.testing.assert_allclose(np.asarray(resized), expected["resized_299"], atol=1e-5, rtol=0)
+    np.testing.assert_allclose(
+        np.asarray(resized), inception_expected["resized_299"], atol=1e-5, rtol=0
+    )
 
 
 def test_resize_matrix_rows_are_convex_and_same_size_is_identity():
@@ -232,23 +216,29 @@ def test_avg_pool_excludes_padding():
     assert pooled[3, 1] == pytest.approx(np.mean([8, 9, 10, 12, 13, 14]))
 
 
-def test_blocks_and_pool3_match_pytorch_fid(params, expected, forward):
-    images = jnp.asarray(expected["images_uint8"], jnp.float32) / 255.0  # [8, 64, 64, 3]
-    out = forward(params, images)
+def test_blocks_and_pool3_match_pytorch_fid(inception_params, inception_expected, forward):
+    images = jnp.asarray(inception_expected["images_uint8"], jnp.float32) / 255.0  # [8, 64, 64, 3]
+    out = forward(inception_params, images)
     for name in ("block0", "block1", "block2"):
         got = np.asarray(out[name][:2])
-        assert got.shape == expected[name].shape
-        np.testing.assert_allclose(got, expected[name], atol=1e-4, rtol=0, err_msg=name)
-    np.testing.assert_allclose(np.asarray(out["pool3"]), expected["pool3"], atol=1e-4, rtol=0)
-    assert np.abs(expected["pool3"]).max() > 0.1  # the comparison is not trivially about zeros
+        assert got.shape == inception_expected[name].shape
+        np.testing.assert_allclose(got, inception_expected[name], atol=1e-4, rtol=0, err_msg=name)
+    np.testing.assert_allclose(
+        np.asarray(out["pool3"]), inception_expected["pool3"], atol=1e-4, rtol=0
+    )
+    assert (
+        np.abs(inception_expected["pool3"]).max() > 0.1
+    )  # the comparison is not trivially about zeros
 
 
-def test_batch_of_one_agrees_with_batch_of_eight(params, expected, forward):
-    images = jnp.asarray(expected["images_uint8"], jnp.float32) / 255.0
-    batch8 = np.asarray(forward(params, images)["pool3"])
+def test_batch_of_one_agrees_with_batch_of_eight(inception_params, inception_expected, forward):
+    images = jnp.asarray(inception_expected["images_uint8"], jnp.float32) / 255.0
+    batch8 = np.asarray(forward(inception_params, images)["pool3"])
     single = jax.jit(inception.pool3_features)
     for i in (0, 7):
-        feats = single(params, images[i : i + 1])
+        feats = single(inception_params, images[i : i + 1])
         assert feats.shape == (1, 2048) and feats.dtype == jnp.float32
         np.testing.assert_allclose(np.asarray(feats[0]), batch8[i], atol=1e-5, rtol=0)
-        np.testing.assert_allclose(np.asarray(feats[0]), expected["pool3"][i], atol=1e-4, rtol=0)
+        np.testing.assert_allclose(
+            np.asarray(feats[0]), inception_expected["pool3"][i], atol=1e-4, rtol=0
+        )

@@ -21,6 +21,7 @@ All weights are N(0, 0.02); BN scales N(1, 0.02) as in the DCGAN paper.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
@@ -117,6 +118,49 @@ def conv_stride_2(
     )
 
 
+def upsample_to_image(
+    x: jax.Array,
+    stages: int,
+    *,
+    channels: int,
+    act: Callable[[jax.Array], jax.Array],
+    norm: Callable[[], nn.Module],
+    fast: bool,
+    kernel_init: Any,
+    dtype: Dtype,
+) -> jax.Array:
+    """The DCGAN-style generator tail, shared by the DCGAN and HR-DCGAN families.
+
+    `stages` x [k4 s2 transposed conv halving the width, `norm()`, `act`], then a
+    k4 s2 transposed conv to `channels` and tanh. Call it inside a compact method:
+    the layers become the caller's submodules (same names as if written inline).
+
+    Args:
+      x: features ``[B, H, W, width]``.
+      stages: hidden upsampling stages before the output layer.
+      channels: image channels.
+      act: activation after each normalisation.
+      norm: makes the normalisation layer of one stage (e.g. a BatchNorm).
+      fast: use `fast_conv`'s formulation (see `conv_transpose_2x`).
+      kernel_init: conv kernel initialiser.
+      dtype: compute dtype.
+
+    Returns:
+      images ``[B, H * 2**(stages + 1), W * 2**(stages + 1), channels]`` in [-1, 1], float32.
+    """
+    width = x.shape[-1]
+    for _ in range(stages):
+        width //= 2
+        x = conv_transpose_2x(width, fast=fast, kernel_init=kernel_init, dtype=dtype)(
+            x
+        )  # [B, 2H, 2W, width]
+        x = act(norm()(x))
+    x = conv_transpose_2x(channels, fast=fast, kernel_init=kernel_init, dtype=dtype)(
+        x
+    )  # [B, S, S, C]
+    return jnp.tanh(x.astype(jnp.float32))
+
+
 class Generator(nn.Module):
     """DCGAN generator: z [B, z_dim] -> images [B, S, S, C] in [-1, 1]."""
 
@@ -141,16 +185,16 @@ class Generator(nn.Module):
             width, (4, 4), padding="VALID", use_bias=False, kernel_init=_INIT, dtype=self.dtype
         )(x)  # [B, 4, 4, width]
         x = act(_batch_norm(train, self.dtype)(x))
-        for _ in range(steps - 1):
-            width //= 2
-            x = conv_transpose_2x(width, fast=self.fast_convs, kernel_init=_INIT, dtype=self.dtype)(
-                x
-            )  # [B, 2H, 2W, width]
-            x = act(_batch_norm(train, self.dtype)(x))
-        x = conv_transpose_2x(
-            self.channels, fast=self.fast_convs, kernel_init=_INIT, dtype=self.dtype
-        )(x)  # [B, S, S, C]
-        return jnp.tanh(x.astype(jnp.float32))
+        return upsample_to_image(
+            x,
+            steps - 1,
+            channels=self.channels,
+            act=act,
+            norm=lambda: _batch_norm(train, self.dtype),
+            fast=self.fast_convs,
+            kernel_init=_INIT,
+            dtype=self.dtype,
+        )
 
 
 class Discriminator(nn.Module):

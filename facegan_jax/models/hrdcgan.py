@@ -39,7 +39,7 @@ import jax
 import jax.numpy as jnp
 
 from facegan_jax.models import compute_dtype, require_unconditional
-from facegan_jax.models.dcgan import activation, conv_stride_2, conv_transpose_2x
+from facegan_jax.models.dcgan import activation, conv_stride_2, upsample_to_image
 
 Dtype = Any
 _INIT = nn.initializers.lecun_normal()
@@ -88,16 +88,16 @@ class Generator(nn.Module):
         x = x.reshape(z.shape[0], START_SIZE, START_SIZE, width)  # [B, 8, 8, width]
         x = nn.Conv(width, (4, 4), use_bias=False, kernel_init=_INIT, dtype=self.dtype)(x)
         x = act(_batch_norm(train, self.dtype)(x))  # [B, 8, 8, width]
-        for _ in range(stages - 1):
-            width //= 2
-            x = conv_transpose_2x(width, fast=self.fast_convs, kernel_init=_INIT, dtype=self.dtype)(
-                x
-            )  # [B, 2H, 2W, width]
-            x = act(_batch_norm(train, self.dtype)(x))
-        x = conv_transpose_2x(
-            self.channels, fast=self.fast_convs, kernel_init=_INIT, dtype=self.dtype
-        )(x)  # [B, S, S, C]
-        return jnp.tanh(x.astype(jnp.float32))
+        return upsample_to_image(
+            x,
+            stages - 1,
+            channels=self.channels,
+            act=act,
+            norm=lambda: _batch_norm(train, self.dtype),
+            fast=self.fast_convs,
+            kernel_init=_INIT,
+            dtype=self.dtype,
+        )
 
 
 class Discriminator(nn.Module):

@@ -23,8 +23,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app, flags
 from ml_collections import config_flags
 
-from facegan_jax import runtime
-
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Run config file (like main's).")
 _SPLIT = flags.DEFINE_string("split", None, "Dataset split (default: config.data.eval_split).")
 _OUT = flags.DEFINE_string("out", None, "Output .npz (default: in the facegan_jax cache dir).")
@@ -99,7 +97,6 @@ def compute_reference_stats(
 
 def main(argv: list[str]) -> int:
     del argv
-    runtime.configure_xla_cpu()  # before JAX initialises its backends
     config = _CONFIG.value
     if config is None:
         raise app.UsageError("--config is required")

@@ -348,7 +348,6 @@ def main(argv: list[str]) -> None:
     del argv
     import jax
 
-    runtime.configure_xla_cpu()  # before JAX initialises its backends
     runtime.hide_accelerators_from_tensorflow()
     config = FLAGS.config
     print(

@@ -36,7 +36,6 @@ import scipy.linalg
 from absl import logging
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from facegan_jax import runtime
 from facegan_jax.models import inception
 
 PyTree = Any
@@ -678,7 +677,6 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point (see the module docstring)."""
-    runtime.configure_xla_cpu()  # before JAX initialises its backends
     args = _parse_args(argv)
     try:
         needs_net = args.save_stats or any(not p.endswith(".npz") for p in args.path)

@@ -31,7 +31,6 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    runtime.configure_xla_cpu()  # before JAX initialises its backends
     import jax
 
     quiet_library_logs()

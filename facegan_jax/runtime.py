@@ -1,8 +1,8 @@
 """Process set-up shared by the CLIs: XLA:CPU flags, TensorFlow kept off accelerators.
 
-Call `configure_xla_cpu()` before JAX initialises its backends (the first
-`jax.devices()` or computation) and `hide_accelerators_from_tensorflow()` before
-TensorFlow touches a device.
+`import facegan_jax` calls `configure_xla_cpu()` (it must run before JAX
+initialises its backends: the first `jax.devices()` or computation). CLIs call
+`hide_accelerators_from_tensorflow()` before TensorFlow touches a device.
 """
 
 from __future__ import annotations

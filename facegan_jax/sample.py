@@ -21,7 +21,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import jax
 import numpy as np
 
-from facegan_jax import checkpointing, runtime, sampling, sharding
+from facegan_jax import checkpointing, sampling, sharding
 from facegan_jax import state as state_lib
 from facegan_jax.datasets.celeba_attributes import NUM_ATTRIBUTES, attribute_index
 from facegan_jax.models import build_models
@@ -71,7 +71,6 @@ def parse_attributes(spec: str | None, n: int) -> np.ndarray:
 
 
 def main(argv: list[str] | None = None) -> int:
-    runtime.configure_xla_cpu()  # before JAX initialises its backends
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", required=True, help="training workdir (config + checkpoints)")
     parser.add_argument("--seeds", default="0-63", help="e.g. 0-63 or 1,5,9")

@@ -187,8 +187,9 @@ _PROFILED = (
     "FastConvStride2",
     "SNConv",
     "FoldedConv",  # Inception's conv + folded BatchNorm + ReLU
+    "Dense",
+    "SNDense",
 )
-_PROFILED_DENSE = ("Dense", "SNDense")
 
 
 def _capture_layers(module, variables, *args, **kwargs) -> list[tuple[str, Any, Any]]:
@@ -199,7 +200,7 @@ def _capture_layers(module, variables, *args, **kwargs) -> list[tuple[str, Any, 
 
     def interceptor(next_fun, call_args, call_kwargs, context):
         mod = context.module
-        if context.method_name == "__call__" and type(mod).__name__ in _PROFILED + _PROFILED_DENSE:
+        if context.method_name == "__call__" and type(mod).__name__ in _PROFILED:
             seen.append(("/".join(mod.scope.path), mod.clone(parent=None), call_args[0]))
         return next_fun(*call_args, **call_kwargs)
 

@@ -25,8 +25,7 @@ from configs import default
 
 def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     """ACGAN-64; `variant='runlocal'` shrinks it to a smoke run (32x32, tiny widths)."""
-    if variant not in (None, "", "runlocal"):
-        raise ValueError(f"unknown variant {variant!r} for configs/acgan64.py (known: runlocal)")
+    default.check_variant(variant, __file__)
     config = default.get_config()
     # Seed: 100 epochs over 180k images at batch 16.
     config.total_steps = 100 * 180_000 // 16

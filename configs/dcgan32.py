@@ -25,8 +25,6 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     config.g_optimizer.learning_rate = 4e-4
     config.d_optimizer.learning_rate = 4e-4
     config.checkpoint_every_steps = 1000
-    if variant == "runlocal":
+    if default.check_variant(variant, __file__) == "runlocal":
         default.shrink_to_runlocal(config)
-    elif variant:
-        raise ValueError(f"unknown variant {variant!r} (known: runlocal)")
     return config

@@ -30,8 +30,6 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     config.loss.name = "non_saturating"  # BCE(fake -> 1) for G: what the seed's code computes
     config.sample_every_steps = 500
     config.checkpoint_every_steps = 1000
-    if variant == "runlocal":
+    if default.check_variant(variant, __file__) == "runlocal":
         default.shrink_to_runlocal(config)
-    elif variant:
-        raise ValueError(f"unknown variant {variant!r} (known: runlocal)")
     return config

@@ -17,6 +17,8 @@ Override any field with `--config.<field>=<value>`, e.g. `--config.total_steps=5
 
 from __future__ import annotations
 
+import os
+
 import ml_collections
 
 
@@ -150,11 +152,22 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     # Also compute KID (unbiased, polynomial kernel).
     fid.kid = True
 
-    if variant == "runlocal":
+    if check_variant(variant, __file__) == "runlocal":
         shrink_to_runlocal(config)
-    elif variant:
-        raise ValueError(f"unknown variant {variant!r} for configs/default.py (known: runlocal)")
     return config
+
+
+def check_variant(variant: str | None, config_file: str) -> str | None:
+    """Returns `variant` (None, '' or 'runlocal'); any other value is an error naming the file.
+
+    Args:
+      variant: the ``:variant`` suffix of ``--config=configs/x.py:variant``.
+      config_file: the recipe's ``__file__``, for the message.
+    """
+    if variant not in (None, "", "runlocal"):
+        name = os.path.basename(config_file)
+        raise ValueError(f"unknown variant {variant!r} for configs/{name} (known: runlocal)")
+    return variant
 
 
 def shrink_to_runlocal(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

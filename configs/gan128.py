@@ -32,8 +32,7 @@ from configs import default
 
 def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     """gan128; `variant='runlocal'` shrinks it to a smoke run (32x32, tiny widths)."""
-    if variant not in (None, "", "runlocal"):
-        raise ValueError(f"unknown variant {variant!r} for configs/gan128.py (known: runlocal)")
+    default.check_variant(variant, __file__)
     config = default.get_config()
     config.total_steps = 4000  # the seed's iters
 

@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import ml_collections
 
-from configs import hrdcgan256_gray
+from configs import default, hrdcgan256_gray
 
 
 def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     """HR-DCGAN 256x256 RGB; `variant='runlocal'` shrinks it to a smoke run (32x32)."""
-    if variant not in (None, "", "runlocal"):
-        raise ValueError(f"unknown variant {variant!r} for configs/hrdcgan256.py (known: runlocal)")
+    default.check_variant(variant, __file__)
     config = hrdcgan256_gray.get_config(variant)
     config.data.channels = 3
     return config

@@ -26,10 +26,7 @@ from configs import default
 
 def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     """HR-DCGAN 256x256 greyscale; `variant='runlocal'` shrinks it to a smoke run (32x32)."""
-    if variant not in (None, "", "runlocal"):
-        raise ValueError(
-            f"unknown variant {variant!r} for configs/hrdcgan256_gray.py (known: runlocal)"
-        )
+    default.check_variant(variant, __file__)
     config = default.get_config()
     config.total_steps = 40_000  # the seed: 50 epochs over 50k faces at batch 64
 

@@ -26,10 +26,7 @@ from configs import default
 
 def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     """Improved DCGAN-64; `variant='runlocal'` shrinks it to a smoke run (32x32)."""
-    if variant not in (None, "", "runlocal"):
-        raise ValueError(
-            f"unknown variant {variant!r} for configs/improved_dcgan64.py (known: runlocal)"
-        )
+    default.check_variant(variant, __file__)
     config = default.get_config()
     config.total_steps = 16 * 1750  # the seed: 16 epochs of 1750 iterations
 

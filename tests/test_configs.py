@@ -76,3 +76,10 @@ def test_misspelt_override_is_an_error_naming_the_key(tmp_path):
 def test_unknown_variant_is_an_error():
     with pytest.raises(ValueError, match="unknown variant 'huge'"):
         _load(str(REPO_ROOT / "configs" / "default.py"), "huge")
+
+
+@pytest.mark.parametrize("path", CONFIG_FILES, ids=os.path.basename)
+def test_every_recipe_rejects_an_unknown_variant_naming_its_file(path):
+    name = os.path.basename(path)
+    with pytest.raises(ValueError, match=rf"unknown variant 'huge' for configs/{name}"):
+        _load(path, "huge")

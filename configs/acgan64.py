@@ -21,6 +21,7 @@ from __future__ import annotations
 import ml_collections
 
 from configs import default
+from facegan_jax.models import model_config
 
 
 def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
@@ -36,7 +37,7 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     config.data.channels = 3
     config.data.crop = "celeba_178"
 
-    config.model.name = "acgan"
+    config.model = model_config("acgan")
     config.model.z_dim = 128
     config.model.num_attributes = 40
     # Last G width (Dense 16x, convs 8x..1x: 1024-512-256-128-64) and first D

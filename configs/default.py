@@ -21,6 +21,8 @@ import os
 
 import ml_collections
 
+from facegan_jax.models import model_config
+
 
 def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     """Returns the default config; `variant='runlocal'` shrinks it to a smoke run."""
@@ -61,28 +63,12 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     data.synthetic_num_eval = 1_000
 
     # --------------------------------------------------------------- model
-    config.model = model = ml_collections.ConfigDict()
-    # Registry key in facegan_jax/models/__init__.py: 'dcgan', 'acgan', 'gan128', 'hrdcgan'.
-    model.name = "dcgan"
-    model.z_dim = 100
-    # Width of the first D layer / last G layer (seed 002's conv_dim, seed 001's 64).
-    model.g_dim = 32
-    model.d_dim = 32
-    # Generator hidden activation: 'relu' (DCGAN), 'leaky_relu' (improved DCGAN), 'selu'.
-    model.g_activation = "relu"
-    model.d_activation = "leaky_relu"
-    model.leaky_slope = 0.2
-    # Dropout rate in D (improved DCGAN); 0 disables.
-    model.d_dropout = 0.0
-    # Conditioning on the 40 CelebA attributes (ACGAN): 0 = unconditional.
-    model.num_attributes = 0
-    # Use the equivalent fast formulations of stride-2 (transposed) convs (same
-    # maths, much faster gradients on XLA:CPU; see models/fast_conv.py).
-    model.fast_convs = True
-    # Spectral-norm power iterations per training step (models that use SN).
-    model.sn_power_iterations = 1
-    # Minibatch-stddev group size (ACGAN D); must divide the per-device batch.
-    model.mbstd_group_size = 4
+    # `model.name` picks the family in facegan_jax/models/ ('dcgan', 'acgan',
+    # 'gan128', 'hrdcgan'); `config.model` holds exactly the fields that family
+    # reads (each family's `default_config()` documents them; common to all:
+    # z_dim, g_dim, d_dim, num_attributes). A field the family would ignore is
+    # an error, so recipes of another family start from `model_config(name)`.
+    config.model = model_config("dcgan")
 
     # ---------------------------------------------------------------- loss
     config.loss = loss = ml_collections.ConfigDict()

@@ -28,6 +28,7 @@ from __future__ import annotations
 import ml_collections
 
 from configs import default
+from facegan_jax.models import model_config
 
 
 def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
@@ -42,7 +43,7 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     config.data.channels = 3
     config.data.crop = "celeba_178"
 
-    config.model.name = "gan128"
+    config.model = model_config("gan128")
     config.model.z_dim = 32
     config.model.g_dim = 128  # Dense 128 -> convs 256 -> 512
     config.model.d_dim = 256

@@ -22,6 +22,7 @@ from __future__ import annotations
 import ml_collections
 
 from configs import default
+from facegan_jax.models import model_config
 
 
 def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
@@ -36,7 +37,7 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     config.data.channels = 1
     config.data.crop = "celeba_178"  # the seed centres each detected face
 
-    config.model.name = "hrdcgan"
+    config.model = model_config("hrdcgan")
     config.model.z_dim = 100
     # Last G / first D width; doubled per stage to 512 at 8x8. (The seed's own
     # code used 8 / 32, which its FID of 564 reflects.)

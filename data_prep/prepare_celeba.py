@@ -17,19 +17,11 @@ The outcome for every kind of bad input is listed in celeba_local's docstring.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import os
 import sys
-
-# TF (imported by TFDS) must not take the accelerator; set before any TF op.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-import tensorflow as tf
-
-with contextlib.suppress(RuntimeError, ValueError):  # already initialised / no such device
-    tf.config.set_visible_devices([], "GPU")
 
 import tensorflow_datasets as tfds
 
+from facegan_jax import runtime
 from facegan_jax.datasets import celeba_local
 
 
@@ -50,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data_dir", default=None, help="TFDS data_dir (default: TFDS's)")
     parser.add_argument("--no_progress", action="store_true", help="hide the progress bars")
     args = parser.parse_args(argv)
+    runtime.setup()
     if args.no_progress:
         tfds.disable_progress_bar()  # TFDS's own bars and banner; this process only builds
     try:

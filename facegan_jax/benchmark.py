@@ -127,15 +127,10 @@ def bench_train(config, steps: int, warmup: int, peak: float | None) -> float:
     import jax.numpy as jnp
     import numpy as np
 
-    from facegan_jax import sharding, train_step
-    from facegan_jax import state as state_lib
-    from facegan_jax.models import build_models
+    from facegan_jax import components
 
-    mesh = sharding.create_mesh()
-    g, d = build_models(config)
-    g_tx = state_lib.create_optimizer(config.g_optimizer, "config.g_optimizer")
-    d_tx = state_lib.create_optimizer(config.d_optimizer, "config.d_optimizer")
-    state = state_lib.create_state(config, g, d, g_tx, d_tx, mesh)
+    run = components.build(config)
+    state = run.create_state()
     n = config.train.batch_size * config.train.n_critic
     s, c = config.data.image_size, config.data.channels
     rng = np.random.default_rng(0)
@@ -143,14 +138,8 @@ def bench_train(config, steps: int, warmup: int, peak: float | None) -> float:
         "image": jnp.asarray(rng.uniform(-1, 1, (n, s, s, c)), jnp.float32),
         "attributes": jnp.asarray(rng.integers(0, 2, (n, 40)), jnp.float32),
     }
-    rep, bs = sharding.replicated(mesh), sharding.batch_sharded(mesh)
-    batch = jax.device_put(batch, bs)
-    step = jax.jit(
-        train_step.make_train_step(config, g, d, g_tx, d_tx),
-        in_shardings=(rep, bs),
-        out_shardings=(rep, rep),
-        donate_argnums=(0,),
-    )
+    batch = jax.device_put(batch, run.batch_sharding)
+    step = run.train_step
     t0 = time.perf_counter()
     compiled = step.lower(state, batch).compile()
     compile_s = time.perf_counter() - t0
@@ -349,7 +338,7 @@ def main(argv: list[str]) -> None:
     del argv
     import jax
 
-    runtime.hide_accelerators_from_tensorflow()
+    runtime.setup()
     config = FLAGS.config
     print(
         f"device: {jax.devices()} ({platform.processor() or platform.machine()}, "

@@ -25,30 +25,22 @@ into the decode (`decode_and_crop_jpeg`, same pixels, less work).
 from __future__ import annotations
 
 import collections
-import contextlib
 import itertools
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
-import tensorflow as tf
-
-# JAX owns the accelerator: TF must not touch a GPU, and this has to run before any TF op.
-with contextlib.suppress(RuntimeError, ValueError):  # already initialised / no such device
-    tf.config.set_visible_devices([], "GPU")
-
 import jax
 import ml_collections
 import numpy as np
+import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from facegan_jax.datasets import celeba_local
+from facegan_jax.datasets import celeba_local, face_renderer
 from facegan_jax.datasets.celeba_attributes import CELEBA_ATTRIBUTES, NUM_ATTRIBUTES
 
 KNOWN_DATASETS = ("synthetic_faces", "celeba_local", "celeb_a")
 KNOWN_CROPS = ("none", "celeba_178", "center_160", "box")
-# Resolutions synthetic_faces renders natively; others are rendered at 128 and resized.
-SYNTHETIC_RESOLUTIONS = (32, 64, 128)
 # Upper bound for the epoch counter of a repeated dataset (effectively infinite).
 _MAX_EPOCHS = 2**40
 PREPARE_COMMAND = "python -m data_prep.prepare_celeba --manual_dir DIR --data_dir DATA_DIR"
@@ -86,7 +78,7 @@ def get_builder(
         from facegan_jax.datasets import synthetic_faces
 
         size = data_config.image_size
-        resolution = size if size in SYNTHETIC_RESOLUTIONS else 128
+        resolution = size if size in face_renderer.RESOLUTIONS else max(face_renderer.RESOLUTIONS)
         return synthetic_faces.prepare_builder(
             resolution,
             data_config.synthetic_num_train,

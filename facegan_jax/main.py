@@ -31,12 +31,12 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    runtime.setup()
     import jax
 
     quiet_library_logs()
     if FLAGS.distributed:
         jax.distributed.initialize()
-    runtime.hide_accelerators_from_tensorflow()
     from facegan_jax import train
 
     logging.info(

@@ -1,8 +1,21 @@
-"""Process set-up shared by the CLIs: XLA:CPU flags, TensorFlow kept off accelerators.
+"""Process set-up every entry point calls first: `runtime.setup()`.
 
-`import facegan_jax` calls `configure_xla_cpu()` (it must run before JAX
-initialises its backends: the first `jax.devices()` or computation). CLIs call
-`hide_accelerators_from_tensorflow()` before TensorFlow touches a device.
+Nothing here runs on import. `setup()` must run before JAX starts a backend
+(the first `jax.devices()` or computation) and before TensorFlow touches a
+device; CLIs call it at the top of `main`, the tests' conftest calls it once.
+It sets:
+
+* the XLA:CPU convolution flag (`CPU_CONV_FLAG`): XLA:CPU sends convolutions
+  to YNNPACK by default (jax 0.10); for our layers Eigen's convolutions are
+  2-7x faster (per-layer profile: `python -m facegan_jax.benchmark --only=layers`).
+  A user's own XLA_FLAGS setting of the same flag wins.
+* `jax_threefry_partitionable=False`: with the partitionable threefry, XLA:CPU
+  takes 4-5x longer to compile each 4-D random draw (every conv-kernel
+  initialiser and dropout mask), which dominated start-up on 2 cores. Every
+  entry point sets the same value, so seeded results agree between training,
+  sampling, tests and benchmarks.
+* TensorFlow sees no GPU or TPU (JAX owns the accelerators; tf.data and TFDS
+  run on the host CPU).
 """
 
 from __future__ import annotations
@@ -10,11 +23,9 @@ from __future__ import annotations
 import contextlib
 import os
 
-# XLA:CPU sends convolutions to YNNPACK by default (jax 0.10); for the DCGAN
-# layers Eigen's convolutions are 2-7x faster (profiled per layer, see
-# models/fast_conv.py). Dots stay on YNNPACK. Only CPU compilation reads it; a
-# user's own XLA_FLAGS setting of the same flag wins.
 CPU_CONV_FLAG = "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution"
+
+_done = False
 
 
 def configure_xla_cpu() -> None:
@@ -33,3 +44,22 @@ def hide_accelerators_from_tensorflow() -> None:
         # RuntimeError: devices already initialised; ValueError: no such device type.
         with contextlib.suppress(RuntimeError, ValueError):
             tf.config.set_visible_devices([], kind)
+
+
+def setup(*, tensorflow: bool = True) -> None:
+    """Configures XLA, JAX's PRNG and TensorFlow for this process (idempotent).
+
+    Args:
+      tensorflow: also hide accelerators from TensorFlow (imports it; pass False
+        in tools that never touch tf.data).
+    """
+    global _done
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if not _done:
+        configure_xla_cpu()
+        import jax
+
+        jax.config.update("jax_threefry_partitionable", False)
+        _done = True
+    if tensorflow:
+        hide_accelerators_from_tensorflow()

@@ -13,53 +13,11 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Callable
-from typing import Any
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-import jax
 import numpy as np
 
-from facegan_jax import checkpointing, sampling, sharding
-from facegan_jax import state as state_lib
+from facegan_jax import components, runtime, sampling
 from facegan_jax.datasets.celeba_attributes import NUM_ATTRIBUTES, attribute_index
-from facegan_jax.models import build_models
-
-SAMPLE_SEED = 0
-
-
-def load_generator_for_sampling(
-    workdir: str, *, step: int | None = None, use_ema: bool = True
-) -> tuple[Callable[..., jax.Array], Any, Any]:
-    """Loads a workdir's generator.
-
-    Returns:
-      (generate, variables, config): `generate(variables, indices[, attributes])`
-      gives images in [-1, 1] with latents from `sampling.latents(SAMPLE_SEED, indices)`;
-      without `attributes`, conditional models use vectors from the workdir's
-      real attribute pool (`attribute_pool.npy`, written by training).
-    """
-    config = checkpointing.read_config(workdir)
-    generator, discriminator = build_models(config)
-    g_tx = state_lib.create_optimizer(config.g_optimizer, "config.g_optimizer")
-    d_tx = state_lib.create_optimizer(config.d_optimizer, "config.d_optimizer")
-    mesh = sharding.create_mesh()
-    manager = checkpointing.create_manager(workdir, config.max_checkpoints_to_keep)
-    target = state_lib.abstract_state(config, generator, discriminator, g_tx, d_tx, mesh)
-    state = checkpointing.restore(manager, target, step)
-    if use_ema:
-        variables = {"params": state.ema_params, **state.ema_vars}
-    else:
-        variables = {"params": state.g_params, **state.g_vars}
-    pool = None
-    if config.model.num_attributes:
-        pool_path = os.path.join(workdir, checkpointing.ATTRIBUTE_POOL_FILE)
-        if not os.path.exists(pool_path):
-            raise FileNotFoundError(f"{pool_path} not found: it is written when training starts")
-        pool = np.load(pool_path)
-    generate = sampling.make_generate_fn(generator, config, seed=SAMPLE_SEED, pool=pool)
-    return generate, variables, config
 
 
 def parse_attributes(spec: str | None, n: int) -> np.ndarray:
@@ -71,6 +29,7 @@ def parse_attributes(spec: str | None, n: int) -> np.ndarray:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Parses the command line, writes the requested PNGs; returns the exit code."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", required=True, help="training workdir (config + checkpoints)")
     parser.add_argument("--seeds", default="0-63", help="e.g. 0-63 or 1,5,9")
@@ -93,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--batch-size must be >= 1")
     try:
         seeds = sampling.parse_seeds(args.seeds)
-        generate, variables, config = load_generator_for_sampling(
+        runtime.setup(tensorflow=False)
+        generate, variables, config = components.load_generator(
             args.workdir, step=args.step, use_ema=not args.no_ema
         )
         attributes = None  # conditional models: drawn from the attribute pool

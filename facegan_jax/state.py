@@ -8,6 +8,8 @@ generator. It is checkpointed whole (see checkpointing.py).
 
 The optimizers (optax transformations) are not in the state: they are pure
 functions rebuilt from the config, so the state stays a plain pytree of arrays.
+`components.py` builds the modules and optimizers and creates the state
+(sharded) or its abstract restore target from `init_state`.
 """
 
 from __future__ import annotations
@@ -20,9 +22,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
-from jax.sharding import Mesh
 
-from facegan_jax import sharding
 from facegan_jax.datasets.celeba_attributes import NUM_ATTRIBUTES
 
 PyTree = Any
@@ -55,20 +55,6 @@ class GanState:
     ema_vars: PyTree
 
 
-def create_optimizer(opt_config: Any, field: str) -> optax.GradientTransformation:
-    """Builds the optax optimizer described by `config.g_optimizer` / `config.d_optimizer`."""
-    if opt_config.name == "adam":
-        tx = optax.adam(opt_config.learning_rate, b1=opt_config.b1, b2=opt_config.b2)
-    elif opt_config.name == "rmsprop":
-        # Keras RMSprop: eps outside the square root, rho = `decay`.
-        tx = optax.rmsprop(opt_config.learning_rate, decay=opt_config.decay, eps=opt_config.eps)
-    else:
-        raise ValueError(f"{field}.name={opt_config.name!r} is not known; use 'adam' or 'rmsprop'")
-    if opt_config.clip_value:
-        tx = optax.chain(optax.clip(opt_config.clip_value), tx)
-    return tx
-
-
 def split_variables(variables: PyTree) -> tuple[PyTree, PyTree]:
     """Splits Flax variables into (params, every other collection)."""
     variables = dict(variables)
@@ -89,7 +75,7 @@ def init_state(
     g_tx: optax.GradientTransformation,
     d_tx: optax.GradientTransformation,
 ) -> GanState:
-    """Initialises a fresh GanState (pure; jit it with out_shardings to create it sharded)."""
+    """Initialises a fresh GanState (pure; `components.Components.create_state` jits it sharded)."""
     k_g, k_d, k_train = jax.random.split(key, 3)
     n = init_batch_size(config)
     z = jnp.zeros((n, config.model.z_dim), jnp.float32)
@@ -112,38 +98,3 @@ def init_state(
         ema_params=g_params,
         ema_vars=g_vars,
     )
-
-
-def create_state(
-    config: Any,
-    generator: nn.Module,
-    discriminator: nn.Module,
-    g_tx: optax.GradientTransformation,
-    d_tx: optax.GradientTransformation,
-    mesh: Mesh,
-) -> GanState:
-    """Creates the initial state from `config.seed`, replicated over the mesh."""
-
-    def init(key: jax.Array) -> GanState:
-        return init_state(key, config, generator, discriminator, g_tx, d_tx)
-
-    init_jit = jax.jit(init, out_shardings=sharding.replicated(mesh))
-    return init_jit(jax.random.PRNGKey(config.seed))
-
-
-def abstract_state(
-    config: Any,
-    generator: nn.Module,
-    discriminator: nn.Module,
-    g_tx: optax.GradientTransformation,
-    d_tx: optax.GradientTransformation,
-    mesh: Mesh,
-) -> GanState:
-    """The state's shapes, dtypes and shardings without computing it (restore target)."""
-
-    def init(key: jax.Array) -> GanState:
-        return init_state(key, config, generator, discriminator, g_tx, d_tx)
-
-    shapes = jax.eval_shape(init, jax.random.PRNGKey(0))
-    rep = sharding.replicated(mesh)
-    return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=rep), shapes)

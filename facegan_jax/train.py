@@ -20,11 +20,12 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 from clu import metric_writers, periodic_actions
+from flax import traverse_util
 
-from facegan_jax import checkpointing, input_pipeline, sampling, sharding
+from facegan_jax import checkpointing, components, input_pipeline, sampling, sharding
 from facegan_jax import state as state_lib
 from facegan_jax import train_step as train_step_lib
-from facegan_jax.models import build_models
+from facegan_jax import workdir as workdir_lib
 
 
 class _StopRequested:
@@ -70,7 +71,7 @@ def load_attribute_pool(config: Any, workdir: str) -> np.ndarray | None:
     """Real attribute vectors [P, 40] for conditional sampling, cached in the workdir."""
     if not config.model.num_attributes:
         return None
-    path = os.path.join(workdir, checkpointing.ATTRIBUTE_POOL_FILE)
+    path = workdir_lib.attribute_pool_path(workdir)
     if os.path.exists(path):
         return np.load(path)
     pool = np.asarray(input_pipeline.attribute_pool(config), np.float32)
@@ -103,16 +104,17 @@ class ControlSampler:
         self.generate = jax.jit(
             sampling.make_generate_fn(generator, config, seed=config.seed, pool=pool)
         )
-        self.dir = os.path.join(workdir, "samples")
+        self.workdir = workdir
+        self.dir = workdir_lib.samples_dir(workdir)
 
     def __call__(self, state: state_lib.GanState, step: int, writer: Any) -> str:
         variables = {"params": state.ema_params, **state.ema_vars}
         images = np.asarray(self.generate(variables, self.indices))
         grid = sampling.make_grid(sampling.to_uint8(images))
-        path = os.path.join(self.dir, f"step_{step:07d}.png")
+        path = workdir_lib.sample_grid_path(self.workdir, step)
         if jax.process_index() == 0:
             sampling.save_png(grid, path)
-            sampling.save_png(grid, os.path.join(self.dir, "latest.png"))
+            sampling.save_png(grid, workdir_lib.sample_grid_path(self.workdir))
         writer.write_images(step, {"samples": grid[None]})
         return path
 
@@ -121,9 +123,9 @@ def _make_fid_hook(config: Any, generator: Any, pool: np.ndarray | None, workdir
     """Returns `fid_hook(state) -> dict` or None when FID is off or its weights are unavailable."""
     if not config.fid.every_steps:
         return None
-    from facegan_jax import fid
+    from facegan_jax import evaluation
 
-    return fid.make_training_hook(config, generator, pool, workdir)
+    return evaluation.make_training_hook(config, generator, pool, workdir)
 
 
 def train_and_evaluate(config: Any, workdir: str) -> state_lib.GanState:
@@ -137,25 +139,21 @@ def train_and_evaluate(config: Any, workdir: str) -> state_lib.GanState:
     validate_config(config)
     workdir = os.path.abspath(workdir)
     os.makedirs(workdir, exist_ok=True)
-    mesh = sharding.create_mesh()
+    run = components.build(config)
     n_critic = config.train.n_critic
     step_examples = config.train.batch_size * n_critic
-    sharding.check_global_batch(config.train.batch_size, mesh)
+    sharding.check_global_batch(config.train.batch_size, run.mesh)
     per_process = step_examples // jax.process_count()
 
-    generator, discriminator = build_models(config)
-    g_tx = state_lib.create_optimizer(config.g_optimizer, "config.g_optimizer")
-    d_tx = state_lib.create_optimizer(config.d_optimizer, "config.d_optimizer")
     manager = checkpointing.create_manager(workdir, config.max_checkpoints_to_keep)
     if manager.latest_step() is not None:
-        target = state_lib.abstract_state(config, generator, discriminator, g_tx, d_tx, mesh)
-        state = checkpointing.restore(manager, target)
+        state = checkpointing.restore(manager, run.abstract_state())
         logging.info("Resumed from checkpoint step %d in %s", int(state.step), manager.directory)
     else:
-        state = state_lib.create_state(config, generator, discriminator, g_tx, d_tx, mesh)
+        state = run.create_state()
         logging.info("Initialised a new run in %s", workdir)
     if jax.process_index() == 0:
-        checkpointing.write_config(workdir, config)
+        workdir_lib.write_config(workdir, config)
     initial_step = int(state.step)
 
     writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
@@ -163,18 +161,12 @@ def train_and_evaluate(config: Any, workdir: str) -> state_lib.GanState:
         writer.write_hparams(
             {
                 k: v
-                for k, v in _flatten(config.to_dict()).items()
+                for k, v in traverse_util.flatten_dict(config.to_dict(), sep=".").items()
                 if isinstance(v, int | float | str)
             }
         )
 
-    rep, batch_sharding = sharding.replicated(mesh), sharding.batch_sharded(mesh)
-    train_step = jax.jit(
-        train_step_lib.make_train_step(config, generator, discriminator, g_tx, d_tx),
-        in_shardings=(rep, batch_sharding),
-        out_shardings=(rep, rep),
-        donate_argnums=(0,),
-    )
+    train_step = run.train_step
     start_batch = int(state.examples_seen) // step_examples
     dataset = input_pipeline.create_dataset(
         config,
@@ -185,11 +177,11 @@ def train_and_evaluate(config: Any, workdir: str) -> state_lib.GanState:
         start_batch=start_batch,
     )
     batches = input_pipeline.device_put_batches(
-        dataset.as_numpy_iterator(), batch_sharding, config.data.prefetch_to_device
+        dataset.as_numpy_iterator(), run.batch_sharding, config.data.prefetch_to_device
     )
     pool = load_attribute_pool(config, workdir)
-    control = ControlSampler(config, generator, pool, workdir)
-    fid_hook = _make_fid_hook(config, generator, pool, workdir)
+    control = ControlSampler(config, run.generator, pool, workdir)
+    fid_hook = _make_fid_hook(config, run.generator, pool, workdir)
 
     report = periodic_actions.ReportProgress(
         num_train_steps=config.total_steps, writer=writer, every_steps=config.log_every_steps
@@ -244,13 +236,3 @@ def train_and_evaluate(config: Any, workdir: str) -> state_lib.GanState:
             manager.directory,
         )
     return state
-
-
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out

@@ -22,6 +22,11 @@ os.environ.setdefault("XLA_FLAGS", "")
 
 import pytest
 
+from facegan_jax import runtime
+
+# What every entry point does first (XLA:CPU conv flag, PRNG option, TF off accelerators).
+runtime.setup()
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = Path(os.environ.get("FACEGAN_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
 
@@ -76,6 +81,6 @@ def inception_params(inception_weights: str):
     """The fixture weights loaded once per session, on the device."""
     import jax
 
-    from facegan_jax.models import inception
+    from facegan_jax.models import inception_weights as weights
 
-    return jax.device_put(inception.load_inception_params(inception_weights))
+    return jax.device_put(weights.load_inception_params(inception_weights))

@@ -1,4 +1,4 @@
-"""Small builders shared by the tests: tiny configs, models, states and fake batches."""
+"""Small builders shared by the tests: tiny configs and fake batches."""
 
 from __future__ import annotations
 
@@ -7,31 +7,17 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import flags
+from ml_collections import config_flags
 
 from configs import default
-from facegan_jax import sharding
-from facegan_jax import state as state_lib
-from facegan_jax.models import build_models
 
 
 def tiny_config(**overrides: Any) -> Any:
-    """The default config shrunk to a smoke run; `overrides` use dotted names."""
+    """The default config shrunk to a smoke run; `overrides` use dotted names (`train.n_critic`)."""
     config = default.get_config("runlocal")
-    for name, value in overrides.items():
-        node = config
-        *parents, leaf = name.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
+    config.update_from_flattened_dict(overrides)
     return config
-
-
-def build_all(config: Any):
-    """(generator, discriminator, g_tx, d_tx, mesh) for `config`."""
-    generator, discriminator = build_models(config)
-    g_tx = state_lib.create_optimizer(config.g_optimizer, "config.g_optimizer")
-    d_tx = state_lib.create_optimizer(config.d_optimizer, "config.d_optimizer")
-    return generator, discriminator, g_tx, d_tx, sharding.create_mesh()
 
 
 def fake_batch(config: Any, seed: int = 0, n: int | None = None) -> dict[str, jax.Array]:
@@ -43,3 +29,19 @@ def fake_batch(config: Any, seed: int = 0, n: int | None = None) -> dict[str, ja
         "image": jnp.asarray(rng.uniform(-1, 1, (n, s, s, c)), jnp.float32),
         "attributes": jnp.asarray(rng.integers(0, 2, (n, 40)), jnp.float32),
     }
+
+
+def load_config_file(spec: str, *overrides: str) -> Any:
+    """Loads `configs/x.py[:variant]` exactly as `--config=spec --config.a.b=v ...` does.
+
+    Args:
+      spec: the `--config` value (a path, optionally with `:variant`).
+      overrides: further flags such as `--config.total_steps=5`.
+    """
+    argv = ["test", f"--config={spec}", *overrides]
+    flag_values = flags.FlagValues()
+    config_flags.DEFINE_config_file(
+        "config", flag_values=flag_values, lock_config=True, sys_argv=argv
+    )
+    flag_values(argv)
+    return flag_values.config

@@ -9,21 +9,21 @@ import jax
 import numpy as np
 import pytest
 
-from facegan_jax import checkpointing, sharding, train_step
-from facegan_jax import state as state_lib
-from tests.helpers import build_all, fake_batch, tiny_config
+from facegan_jax import checkpointing, components, sharding
+from facegan_jax import workdir as workdir_lib
+from tests.helpers import fake_batch, tiny_config
 
 
 def test_save_restore_round_trip_is_exact(tmp_path):
     config = tiny_config()
-    g, d, g_tx, d_tx, mesh = build_all(config)
-    state = state_lib.create_state(config, g, d, g_tx, d_tx, mesh)
-    step = jax.jit(train_step.make_train_step(config, g, d, g_tx, d_tx))
+    run = components.build(config)
+    state, mesh = run.create_state(), run.mesh
+    step = jax.jit(run.train_step_fn())
     state, _ = step(state, jax.device_put(fake_batch(config), sharding.batch_sharded(mesh)))
     manager = checkpointing.create_manager(str(tmp_path))
     checkpointing.save(manager, state)
     manager.wait_until_finished()
-    target = state_lib.abstract_state(config, g, d, g_tx, d_tx, mesh)
+    target = run.abstract_state()
     restored = checkpointing.restore(checkpointing.create_manager(str(tmp_path)), target)
     a, b = jax.device_get(state), jax.device_get(restored)
     paths_a = jax.tree_util.tree_flatten_with_path(a)[0]
@@ -41,31 +41,28 @@ def test_save_restore_round_trip_is_exact(tmp_path):
 
 def test_restore_with_a_mismatched_model_names_the_checkpoint(tmp_path):
     config = tiny_config()
-    g, d, g_tx, d_tx, mesh = build_all(config)
     manager = checkpointing.create_manager(str(tmp_path))
-    checkpointing.save(manager, state_lib.create_state(config, g, d, g_tx, d_tx, mesh))
+    checkpointing.save(manager, components.build(config).create_state())
     manager.wait_until_finished()
-    wider = tiny_config(**{"model.g_dim": 16})
-    g2, d2, g_tx2, d_tx2, _ = build_all(wider)
-    target = state_lib.abstract_state(wider, g2, d2, g_tx2, d_tx2, mesh)
+    target = components.build(tiny_config(**{"model.g_dim": 16})).abstract_state()
     with pytest.raises(ValueError, match=r"cannot restore checkpoint .*checkpoints/0"):
         checkpointing.restore(checkpointing.create_manager(str(tmp_path)), target)
 
 
 def test_config_json_is_written_once_and_never_overwritten(tmp_path):
     config = tiny_config()
-    checkpointing.write_config(str(tmp_path), config)
+    workdir_lib.write_config(str(tmp_path), config)
     path = os.path.join(tmp_path, "config.json")
     with open(path) as f:
         original = f.read()
     config.total_steps = 999
-    checkpointing.write_config(str(tmp_path), config)
+    workdir_lib.write_config(str(tmp_path), config)
     with open(path) as f:
         assert f.read() == original
     assert json.loads(original)["total_steps"] == 6
-    assert checkpointing.read_config(str(tmp_path)).data.crop_box == (0, 0, 0, 0)
+    assert workdir_lib.read_config(str(tmp_path)).data.crop_box == (0, 0, 0, 0)
 
 
 def test_read_config_of_a_non_workdir_is_clear(tmp_path):
     with pytest.raises(FileNotFoundError, match="config.json not found"):
-        checkpointing.read_config(str(tmp_path))
+        workdir_lib.read_config(str(tmp_path))

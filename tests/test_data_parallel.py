@@ -17,20 +17,17 @@ _SCRIPT = textwrap.dedent(
     """
     import jax, numpy as np
     from jax.sharding import Mesh
-    from facegan_jax import input_pipeline, sharding, train_step
-    from facegan_jax import state as state_lib
-    from tests.helpers import build_all, fake_batch, tiny_config
+    from facegan_jax import components, input_pipeline, runtime
+    from tests.helpers import fake_batch, tiny_config
 
+    runtime.setup(tensorflow=False)
     assert len(jax.devices()) == 2, jax.devices()
     config = tiny_config(**{"train.batch_size": 4, "model.g_dim": 4, "model.d_dim": 4})
-    g, d, g_tx, d_tx, _ = build_all(config)
     results = []
     for devices in (jax.devices()[:1], jax.devices()):
-        mesh = Mesh(np.asarray(devices), ("data",))
-        rep, bs = sharding.replicated(mesh), sharding.batch_sharded(mesh)
-        state = state_lib.create_state(config, g, d, g_tx, d_tx, mesh)
-        step = jax.jit(train_step.make_train_step(config, g, d, g_tx, d_tx),
-                       in_shardings=(rep, bs), out_shardings=(rep, rep), donate_argnums=(0,))
+        run = components.build(config, Mesh(np.asarray(devices), ("data",)))
+        bs = run.batch_sharding
+        state, step = run.create_state(), run.train_step
         host_batch = {k: np.asarray(v) for k, v in fake_batch(config).items()}
         (batch,) = list(input_pipeline.device_put_batches(iter([host_batch]), bs, prefetch=2))
         assert len(batch["image"].sharding.device_set) == len(devices)

@@ -278,15 +278,17 @@ def test_hrdcgan256_full_size_has_the_extra_stride1_convs(recipe, channels):
 
 _LOAD_BY_PATH = """
 import json, sys
+from absl import flags
 from ml_collections import config_flags
 out = {}
 root, names = sys.argv[1], sys.argv[2:]
 for name in names:
     for variant in ("", ":runlocal"):
         spec = root + "/configs/" + name + ".py" + variant
-        path, _, var = spec.partition(":")
-        module = config_flags.config_flags._LoadConfigModule("config", path)  # what --config does
-        c = module.get_config(var or None)
+        flag_values = flags.FlagValues()  # what --config does
+        config_flags.DEFINE_config_file("config", flag_values=flag_values)
+        flag_values(["prog", "--config=" + spec])
+        c = flag_values.config
         out[name + variant] = [c.model.name, c.data.image_size, c.data.channels]
 print(json.dumps(out))
 """

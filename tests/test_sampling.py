@@ -5,9 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from facegan_jax import sampling
-from facegan_jax import state as state_lib
-from tests.helpers import build_all, tiny_config
+from facegan_jax import components, sampling
+from tests.helpers import tiny_config
 
 
 def test_latents_depend_only_on_seed_and_index():
@@ -20,8 +19,8 @@ def test_latents_depend_only_on_seed_and_index():
 
 def test_seeded_images_identical_across_batch_sizes():
     config = tiny_config()
-    g, d, g_tx, d_tx, mesh = build_all(config)
-    state = state_lib.create_state(config, g, d, g_tx, d_tx, mesh)
+    run = components.build(config)
+    g, state = run.generator, run.create_state()
     variables = {"params": state.ema_params, **state.ema_vars}
     generate = sampling.make_generate_fn(g, config, seed=0)
     seeds = list(range(10, 17))
@@ -57,8 +56,8 @@ def test_conditional_generate_defaults_to_pool_attributes():
     from configs import acgan64
 
     config = acgan64.get_config("runlocal")
-    g, d, g_tx, d_tx, mesh = build_all(config)
-    state = state_lib.create_state(config, g, d, g_tx, d_tx, mesh)
+    run = components.build(config)
+    g, state = run.generator, run.create_state()
     variables = {"params": state.ema_params, **state.ema_vars}
     pool = np.eye(40, dtype=np.float32)[:5]  # 5 distinct one-hot attribute vectors
     indices = np.arange(6)

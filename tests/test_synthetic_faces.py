@@ -1,11 +1,16 @@
-"""Tests for the embedded `synthetic_faces` dataset: renderer, truthful labels, TFDS builder."""
+"""Tests for the embedded `synthetic_faces` data: renderer, truthful labels, TFDS builder, CLI."""
 
 from __future__ import annotations
+
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from data_prep import render_synthetic_faces
+from facegan_jax.datasets import face_renderer as fr
 from facegan_jax.datasets import synthetic_faces as sf
 from facegan_jax.datasets.celeba_attributes import CELEBA_ATTRIBUTES
 
@@ -16,7 +21,13 @@ LAYER_RESOLUTION = 64
 
 @pytest.fixture(scope="module")
 def layered_faces() -> list[tuple[np.ndarray, dict[str, bool], dict[str, np.ndarray]]]:
-    return [sf.render_face_layers(7, i, LAYER_RESOLUTION) for i in range(NUM_LAYER_FACES)]
+    return [fr.render_face_layers(7, i, LAYER_RESOLUTION) for i in range(NUM_LAYER_FACES)]
+
+
+def render_face(seed: int, index: int, resolution: int) -> tuple[np.ndarray, dict[str, bool]]:
+    """One face rendered alone (a batch of one), with its attributes by CelebA name."""
+    images, attrs = fr.render_faces(seed, [index], resolution)
+    return images[0], dict(zip(CELEBA_ATTRIBUTES, attrs[0].tolist()))
 
 
 def _present(mask: np.ndarray, min_pixels: float = 2.0) -> bool:
@@ -25,21 +36,21 @@ def _present(mask: np.ndarray, min_pixels: float = 2.0) -> bool:
 
 
 def test_same_seed_and_index_give_identical_bytes_other_indices_differ():
-    image, attrs = sf.render_face(3, 11, 32)
-    again, attrs_again = sf.render_face(3, 11, 32)
+    image, attrs = render_face(3, 11, 32)
+    again, attrs_again = render_face(3, 11, 32)
     assert image.tobytes() == again.tobytes()
     assert attrs == attrs_again
-    assert not np.array_equal(image, sf.render_face(3, 12, 32)[0])
-    assert not np.array_equal(image, sf.render_face(4, 11, 32)[0])
+    assert not np.array_equal(image, render_face(3, 12, 32)[0])
+    assert not np.array_equal(image, render_face(4, 11, 32)[0])
 
 
 @pytest.mark.parametrize("resolution", [32, 64, 128])
 def test_batched_rendering_equals_one_by_one(resolution):
     # Faces share a batch's feature windows; each must still be exactly its own render.
     count = 12 if resolution < 128 else 3
-    images, attrs = sf.render_faces(5, range(100, 100 + count), resolution)
+    images, attrs = fr.render_faces(5, range(100, 100 + count), resolution)
     for k in range(count):
-        image, attributes = sf.render_face(5, 100 + k, resolution)
+        image, attributes = render_face(5, 100 + k, resolution)
         np.testing.assert_array_equal(images[k], image)
         assert attrs[k].tolist() == [attributes[n] for n in CELEBA_ATTRIBUTES]
 
@@ -47,19 +58,19 @@ def test_batched_rendering_equals_one_by_one(resolution):
 def test_feature_windows_never_clip_a_part(monkeypatch):
     # Parts are drawn only inside bounding windows; drawing on the whole canvas must agree.
     indices = range(200, 232)
-    windowed, _ = sf.render_faces(1, indices, 32)
+    windowed, _ = fr.render_faces(1, indices, 32)
     monkeypatch.setattr(
-        sf._Canvas, "_slices", lambda self, *box: (slice(0, self.size), slice(0, self.size))
+        fr._Canvas, "_slices", lambda self, *box: (slice(0, self.size), slice(0, self.size))
     )
-    whole, _ = sf.render_faces(1, indices, 32)
+    whole, _ = fr.render_faces(1, indices, 32)
     np.testing.assert_array_equal(windowed, whole)
 
 
 @pytest.mark.parametrize("resolution", [32, 64, 128])
 def test_shapes_and_dtypes(resolution):
-    image, attrs, masks = sf.render_face_layers(0, 1, resolution)
+    image, attrs, masks = fr.render_face_layers(0, 1, resolution)
     assert image.shape == (resolution, resolution, 3) and image.dtype == np.uint8
-    assert set(masks) == set(sf.MASK_NAMES)
+    assert set(masks) == set(fr.MASK_NAMES)
     for mask in masks.values():
         assert mask.shape == (resolution, resolution) and mask.dtype == np.float32
         assert mask.min() >= 0.0 and mask.max() <= 1.0
@@ -70,14 +81,14 @@ def test_shapes_and_dtypes(resolution):
 
 def test_unsupported_resolution_names_the_config_field():
     with pytest.raises(ValueError, match=r"config\.data\.image_size"):
-        sf.render_face(0, 0, 48)
+        render_face(0, 0, 48)
     with pytest.raises(ValueError, match=r"config\.data\.image_size"):
         sf.prepare_builder(96, 4, 2)
 
 
 def test_all_40_attributes_present_and_undrawn_ones_false(layered_faces):
-    undrawn = [n for n in CELEBA_ATTRIBUTES if n not in sf.DRAWN_ATTRIBUTES]
-    assert len(undrawn) == 40 - len(sf.DRAWN_ATTRIBUTES)
+    undrawn = [n for n in CELEBA_ATTRIBUTES if n not in fr.DRAWN_ATTRIBUTES]
+    assert len(undrawn) == 40 - len(fr.DRAWN_ATTRIBUTES)
     for _, attrs, _ in layered_faces:
         assert list(attrs) == list(CELEBA_ATTRIBUTES)
         assert all(isinstance(v, bool) for v in attrs.values())
@@ -186,7 +197,7 @@ def test_smiling_mouth_is_wide_and_curves_up(layered_faces):
     widths = {True: [], False: []}
     for index, (image, attrs, masks) in enumerate(layered_faces):
         width, lift = _mouth_geometry(masks["mouth"] + masks["mouth_interior"])
-        face_width = sf.sample_face_params(7, index)["a"] * LAYER_RESOLUTION  # 2a in pixels
+        face_width = fr.sample_face_params(7, index)["a"] * LAYER_RESOLUTION  # 2a in pixels
         widths[attrs["Smiling"]].append(width / face_width)
         if attrs["Smiling"]:
             assert lift > 0.5, (index, lift)  # corners above the centre: a smile
@@ -200,7 +211,7 @@ def test_smiling_mouth_is_wide_and_curves_up(layered_faces):
 
 
 def test_attribute_frequencies_are_balanced():
-    attrs = [sf.face_attributes(sf.sample_face_params(0, i)) for i in range(400)]
+    attrs = [fr.face_attributes(fr.sample_face_params(0, i)) for i in range(400)]
     for name, low, high in [
         ("Eyeglasses", 0.2, 0.8),
         ("Smiling", 0.2, 0.8),
@@ -211,7 +222,7 @@ def test_attribute_frequencies_are_balanced():
         freq = np.mean([a[name] for a in attrs])
         assert low <= freq <= high, (name, freq)
     # render_face reports exactly these attributes.
-    assert sf.render_face(0, 3, 32)[1] == attrs[3]
+    assert render_face(0, 3, 32)[1] == attrs[3]
 
 
 def test_prepare_builder_writes_tfds_that_reads_back_the_rendered_faces(tmp_path):
@@ -229,7 +240,7 @@ def test_prepare_builder_writes_tfds_that_reads_back_the_rendered_faces(tmp_path
 
     split_images = {}
     for split, count in [("train", 16), ("validation", 8), ("test", 8)]:
-        expected, expected_attrs = sf.render_faces(2, sf.split_indices(split, count), 32)
+        expected, expected_attrs = fr.render_faces(2, sf.split_indices(split, count), 32)
         by_bytes = {img.tobytes(): row for img, row in zip(expected, expected_attrs.tolist())}
         got = list(builder.as_dataset(split=split).as_numpy_iterator())
         assert len(got) == count
@@ -256,9 +267,33 @@ def test_prepare_builder_rejects_empty_splits():
         sf.prepare_builder(32, 8, 0)
 
 
-def test_preview_main_writes_a_grid_png(tmp_path):
-    out = tmp_path / "grid.png"
-    sf.main(["--out", str(out), "--resolution", "32", "--num", "6"])
+@pytest.mark.parametrize(("num", "cols", "rows"), [(6, 3, 2), (5, None, 2)])
+def test_render_cli_writes_a_preview_png_of_the_requested_grid(tmp_path, num, cols, rows):
+    out = tmp_path / "preview" / "grid.png"
+    argv = ["--out", str(out), "--resolution", "32", "--num", str(num), "--start", "4"]
+    assert render_synthetic_faces.main(argv + (["--cols", str(cols)] if cols else [])) == 0
     grid = np.asarray(Image.open(out))
-    assert grid.shape == (64, 96, 3)  # 2 rows x 3 columns of 32x32 faces
-    np.testing.assert_array_equal(grid[:32, 32:64], sf.render_face(0, 1, 32)[0])
+    cols = cols or 3  # near-square by default
+    pad = 2  # sampling.make_grid's border between cells
+    assert grid.shape == (rows * (32 + pad) + pad, cols * (32 + pad) + pad, 3)
+    # Cell (row 1, col 0) holds face start + cols, rendered exactly as the dataset renders it.
+    y, x = pad + (32 + pad), pad
+    np.testing.assert_array_equal(grid[y : y + 32, x : x + 32], render_face(0, 4 + cols, 32)[0])
+
+
+def test_render_cli_rejects_an_empty_grid(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        render_synthetic_faces.main(["--out", str(tmp_path / "g.png"), "--num", "0"])
+    assert exit_info.value.code == 2
+    assert "--num must be >= 1" in capsys.readouterr().err
+    assert not (tmp_path / "g.png").exists()
+
+
+def test_face_renderer_imports_and_renders_without_tensorflow():
+    code = (
+        "import sys\n"
+        "from facegan_jax.datasets import face_renderer\n"
+        "face_renderer.render_faces(0, [0], 32)\n"
+        "assert 'tensorflow' not in sys.modules, 'face_renderer imported tensorflow'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

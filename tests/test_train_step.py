@@ -7,16 +7,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from facegan_jax import sharding, train_step
-from facegan_jax import state as state_lib
-from tests.helpers import build_all, fake_batch, tiny_config
+from facegan_jax import components, sharding, train_step
+from tests.helpers import fake_batch, tiny_config
 
 
 def _setup(config):
-    g, d, g_tx, d_tx, mesh = build_all(config)
-    state = state_lib.create_state(config, g, d, g_tx, d_tx, mesh)
-    step = jax.jit(train_step.make_train_step(config, g, d, g_tx, d_tx))
-    return state, step, mesh
+    """(initial state, jitted step without donation so states can be reused, mesh)."""
+    run = components.build(config)
+    return run.create_state(), jax.jit(run.train_step_fn()), run.mesh
 
 
 def _changed(a, b) -> bool:
@@ -67,14 +65,21 @@ def test_step_keys_differ_per_step_but_are_reproducible():
     b, _ = step(s2, batch)
     # Same seed, same data: bit-identical states (one PRNG-split state drives everything).
     assert not _changed(jax.device_get(a), jax.device_get(b))
+    # The same state and batch at another step number draws other latents: D sees other
+    # fakes, so its update differs (the optimizer count lives in d_opt_state, not in step).
+    c, _ = step(s1.replace(step=s1.step + 5), batch)
+    assert _changed(jax.device_get(a.d_params), jax.device_get(c.d_params))
+    assert not _changed(
+        jax.device_get(a.d_opt_state[0].count), jax.device_get(c.d_opt_state[0].count)
+    )
 
 
 def test_no_retrace_over_steps_with_changing_data():
     config = tiny_config()
-    g, d, g_tx, d_tx, mesh = build_all(config)
-    state = state_lib.create_state(config, g, d, g_tx, d_tx, mesh)
+    run = components.build(config)
+    state, mesh = run.create_state(), run.mesh
     traces = []
-    pure = train_step.make_train_step(config, g, d, g_tx, d_tx)
+    pure = run.train_step_fn()
 
     def counted(s, b):
         traces.append(1)

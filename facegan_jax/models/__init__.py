@@ -16,6 +16,11 @@ the train step, sampler and FID code rely on:
   non-param collections are mutable only when ``train=True``.
 * RNG streams: ``dropout`` (only modules with dropout use it).
 
+Each family also exposes `default_config()`: exactly the `config.model` fields
+it reads, with its seed's values. `build_models` rejects a `config.model` that
+holds any other field (a field the model would silently ignore) or lacks one.
+Recipes start from `model_config(name)`.
+
 Families are imported lazily so that one family's import cost (or bug) does not
 reach runs of another.
 """
@@ -27,6 +32,7 @@ from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
+import ml_collections
 
 # name -> module path under facegan_jax.models exposing build(config).
 MODEL_FAMILIES: dict[str, str] = {
@@ -37,18 +43,65 @@ MODEL_FAMILIES: dict[str, str] = {
 }
 
 
-def build_models(config: Any) -> tuple[nn.Module, nn.Module]:
-    """Builds (generator, discriminator) for `config.model.name`.
-
-    Raises:
-      ValueError: naming the field and the known names if the model is unknown.
-    """
-    name = config.model.name
+def _family(name: str) -> Any:
     if name not in MODEL_FAMILIES:
         raise ValueError(
             f"config.model.name={name!r} is not a known model; known: {sorted(MODEL_FAMILIES)}"
         )
-    module = importlib.import_module(MODEL_FAMILIES[name])
+    return importlib.import_module(MODEL_FAMILIES[name])
+
+
+def model_config(name: str) -> ml_collections.ConfigDict:
+    """The `config.model` of family `name`: the fields it reads, with its seed's defaults."""
+    return _family(name).default_config()
+
+
+def check_model_fields(config: Any) -> None:
+    """Raises a ValueError naming a `config.model` field the family does not read, or lacks.
+
+    A field the model would ignore (say `d_activation` for an ACGAN) is an error,
+    not a silent no-op.
+    """
+    name = config.model.name
+    expected = set(model_config(name).keys())
+    present = set(config.model.keys())
+    extra, missing = sorted(present - expected), sorted(expected - present)
+    if extra:
+        raise ValueError(
+            f"config.model.{extra[0]} is not read by the {name!r} model (its fields: "
+            f"{', '.join(sorted(expected))}); remove it, or start from a {name} recipe in configs/"
+        )
+    if missing:
+        raise ValueError(
+            f"config.model.{missing[0]} is missing for the {name!r} model; start from "
+            f"models.model_config({name!r}) (a {name} recipe in configs/)"
+        )
+
+
+def drop_unread_fields(config: ml_collections.ConfigDict) -> list[str]:
+    """Removes `config.model` fields its family does not read; returns their names.
+
+    Workdirs written before per-family model configs hold every family's fields in
+    `config.json`; the ones a family did not read never had an effect.
+    """
+    expected = set(model_config(config.model.name).keys())
+    dropped = sorted(set(config.model.keys()) - expected)
+    if dropped:
+        with config.unlocked():
+            for field in dropped:
+                del config.model[field]
+    return dropped
+
+
+def build_models(config: Any) -> tuple[nn.Module, nn.Module]:
+    """Builds (generator, discriminator) for `config.model.name`.
+
+    Raises:
+      ValueError: naming the field if the model is unknown or `config.model`
+        holds a field the family does not read.
+    """
+    module = _family(config.model.name)
+    check_model_fields(config)
     return module.build(config)
 
 

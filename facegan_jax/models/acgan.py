@@ -38,6 +38,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 
 from facegan_jax.models import compute_dtype
 from facegan_jax.models.layers import MinibatchStdDev, PixelNorm, SNConv
@@ -152,6 +153,27 @@ class Discriminator(nn.Module):
                 features
             )  # [B, A]
         return logits[:, 0], attr_logits
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """The `config.model` fields the ACGAN family reads, with the seed's values (ACGAN-64)."""
+    return ml_collections.ConfigDict(
+        dict(
+            name="acgan",
+            z_dim=128,
+            # Last hidden G width (Dense 16x, convs 8x..1x) and first D width (then 2x..8x).
+            g_dim=64,
+            d_dim=128,
+            # Conditioning on the 40 CelebA attributes (multi-hot).
+            num_attributes=40,
+            # Generator LeakyReLU slope (D uses the seed's fixed 0.1, D_LEAKY_SLOPE).
+            leaky_slope=0.2,
+            # Spectral-norm power iterations per training step.
+            sn_power_iterations=1,
+            # Minibatch-stddev group size; must divide the per-device batch.
+            mbstd_group_size=4,
+        )
+    )
 
 
 def build(config: Any) -> tuple[nn.Module, nn.Module]:

@@ -6,8 +6,9 @@ Owns the DCGAN family of the model registry (`config.model.name = 'dcgan'`):
   ConvTranspose k4 + BN + act doubling the resolution up to `image_size / 2`,
   and a last stride-2 ConvTranspose to `channels` with tanh. `act` is ReLU
   (DCGAN) or LeakyReLU (the improved DCGAN of seed 001).
-* Discriminator: stride-2 Conv k4 + LeakyReLU(0.2) (no BN on the first layer,
-  as in the DCGAN paper), then stride-2 Conv k4 + BN + LeakyReLU down to 4x4,
+* Discriminator: stride-2 Conv k4 + act (no BN on the first layer, as in the
+  DCGAN paper), then stride-2 Conv k4 + BN + act down to 4x4; `act` is
+  LeakyReLU(0.2) in every seed (`d_activation`),
   optional Dropout after each block (improved DCGAN), and a 4x4 valid conv to
   one logit. The seeds end D with a sigmoid + BCELoss; we return the logit and
   the losses use log-sigmoid, which is the same maths without the overflow.
@@ -27,6 +28,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 
 from facegan_jax.models import compute_dtype, require_unconditional
 
@@ -202,6 +204,7 @@ class Discriminator(nn.Module):
 
     image_size: int = 64
     base_dim: int = 64
+    act: str = "leaky_relu"
     leaky_slope: float = 0.2
     dropout: float = 0.0
     fast_convs: bool = True
@@ -210,6 +213,7 @@ class Discriminator(nn.Module):
     @nn.compact
     def __call__(self, images: jax.Array, *, train: bool) -> tuple[jax.Array, None]:
         steps = num_resolution_steps(self.image_size)
+        act = activation(self.act, self.leaky_slope)
         x = images.astype(self.dtype)
         width = self.base_dim
         for i in range(steps):
@@ -218,7 +222,7 @@ class Discriminator(nn.Module):
             )  # [B, H/2, W/2, width]
             if i > 0:
                 x = _batch_norm(train, self.dtype)(x)
-            x = nn.leaky_relu(x, negative_slope=self.leaky_slope)
+            x = act(x)
             if self.dropout > 0:
                 x = nn.Dropout(self.dropout, deterministic=not train)(x)
             width *= 2
@@ -226,6 +230,29 @@ class Discriminator(nn.Module):
             1, (4, 4), padding="VALID", use_bias=False, kernel_init=_INIT, dtype=self.dtype
         )(x)  # [B, 1, 1, 1]
         return x.reshape(x.shape[0]).astype(jnp.float32), None
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """The `config.model` fields the DCGAN family reads, with their defaults (the 32x32 demo)."""
+    return ml_collections.ConfigDict(
+        dict(
+            name="dcgan",
+            z_dim=100,
+            # Width of the last G layer / first D layer; each resolution step doubles it
+            # (seed 002's conv_dim 32, the PyTorch DCGAN's 64).
+            g_dim=32,
+            d_dim=32,
+            num_attributes=0,  # unconditional
+            # Hidden activations: 'relu' (DCGAN G), 'leaky_relu' (D; improved DCGAN G), 'selu'.
+            g_activation="relu",
+            d_activation="leaky_relu",
+            leaky_slope=0.2,
+            # Dropout after each D block (improved DCGAN); 0 disables.
+            d_dropout=0.0,
+            # Exact fast formulations of the k4 s2 (transposed) convs (models/fast_conv.py).
+            fast_convs=True,
+        )
+    )
 
 
 def build(config: Any) -> tuple[nn.Module, nn.Module]:
@@ -245,6 +272,7 @@ def build(config: Any) -> tuple[nn.Module, nn.Module]:
     discriminator = Discriminator(
         image_size=config.data.image_size,
         base_dim=m.d_dim,
+        act=m.d_activation,
         leaky_slope=m.leaky_slope,
         dropout=m.d_dropout,
         fast_convs=m.fast_convs,

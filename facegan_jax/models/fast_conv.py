@@ -174,7 +174,8 @@ def _mixed_vjp(fwd: Formulation, dgrad: Formulation, wgrad: Formulation) -> Form
     return apply
 
 
-# Measured on a 2-core AVX-512 XLA:CPU (see /work/notes/profile_layers.py): with few output
+# Measured on a 2-core AVX-512 XLA:CPU (`python -m facegan_jax.benchmark --only=layers`):
+# with few output
 # channels four phase convolutions starve the vector units, so small layers use other forms.
 _SMALL_COUT = 16
 _conv_transpose_2x_large = _mixed_vjp(

@@ -31,6 +31,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 
 from facegan_jax.models import compute_dtype, dcgan, require_unconditional
 
@@ -113,6 +114,23 @@ class Discriminator(nn.Module):
         # float32 head: the logit of a ~1M-wide dot product keeps full precision.
         logits = nn.Dense(1, kernel_init=_INIT, dtype=jnp.float32)(x)  # [B, 1]
         return logits[:, 0], None
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """The `config.model` fields the gan128 family reads, with the seed's values."""
+    return ml_collections.ConfigDict(
+        dict(
+            name="gan128",
+            z_dim=32,
+            g_dim=128,  # Dense 128 -> convs 256 -> 512
+            d_dim=256,
+            num_attributes=0,  # unconditional
+            leaky_slope=0.3,  # Keras LeakyReLU() default
+            d_dropout=0.4,
+            # Exact fast formulation of G's k4 s2 transposed convs (models/fast_conv.py).
+            fast_convs=True,
+        )
+    )
 
 
 def build(config: Any) -> tuple[nn.Module, nn.Module]:

@@ -37,6 +37,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 
 from facegan_jax.models import compute_dtype, require_unconditional
 from facegan_jax.models.dcgan import activation, conv_stride_2, upsample_to_image
@@ -132,6 +133,26 @@ class Discriminator(nn.Module):
             x = nn.Dropout(self.dropout, deterministic=not train)(x)
         logits = nn.Dense(1, kernel_init=_INIT, dtype=jnp.float32)(x)  # [B, 1]
         return logits[:, 0], None
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """The `config.model` fields the HR-DCGAN family reads, with the seed's values."""
+    return ml_collections.ConfigDict(
+        dict(
+            name="hrdcgan",
+            z_dim=100,
+            # Last hidden G width / first D width (256x256 with 32: 512 channels at 8x8).
+            g_dim=32,
+            d_dim=32,
+            num_attributes=0,  # unconditional
+            # 'selu' (HR-DCGAN), 'relu' or 'leaky_relu'.
+            g_activation="selu",
+            d_activation="selu",
+            leaky_slope=0.2,  # used only by 'leaky_relu'
+            d_dropout=0.0,
+            fast_convs=True,
+        )
+    )
 
 
 def build(config: Any) -> tuple[nn.Module, nn.Module]:

@@ -116,33 +116,6 @@ def _spectral_normalize(
     return kernel.astype(jnp.float32) / sigma
 
 
-class SpectralNorm(nn.Module):
-    """Spectrally normalises a kernel passed in: returns kernel / sigma(kernel).
-
-    The generic form behind `SNDense` / `SNConv`; usable to wrap any layer's
-    kernel. Its vector `u` is ``'spectral'/<this module>/'u'``.
-
-    Attributes:
-      n_power_iterations: power-iteration rounds per training call
-        (`config.model.sn_power_iterations`).
-      eps: norm floor of the normalisation.
-    """
-
-    n_power_iterations: int = 1
-    eps: float = 1e-12
-
-    @nn.compact
-    def __call__(self, kernel: jax.Array, *, update_stats: bool) -> jax.Array:
-        """Returns the float32 kernel divided by its spectral-norm estimate (same shape)."""
-        return _spectral_normalize(
-            self,
-            kernel,
-            n_power_iterations=self.n_power_iterations,
-            update_stats=update_stats,
-            eps=self.eps,
-        )
-
-
 class SNDense(nn.Module):
     """Dense layer with a spectrally normalised kernel.
 

@@ -85,6 +85,10 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     # learns from fake images (with the attributes they were generated for).
     loss.aux_weight = 1.0
     loss.aux_on_fake = False
+    # Weight of the attribute BCE in the generator's loss (AttGAN uses 10).
+    loss.g_aux_weight = 1.0
+    # Attribute BCE over the 40 attributes: 'mean' (the seed) or 'sum' (StarGAN).
+    loss.aux_reduction = "mean"
 
     # ----------------------------------------------------------- optimizers
     def optimizer(lr: float) -> ml_collections.ConfigDict:

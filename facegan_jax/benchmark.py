@@ -245,8 +245,9 @@ def profile_layers(config, reps: int = 5) -> float:
     images = jnp.zeros((b, s, s, c), jnp.float32)
     key = {"params": jax.random.PRNGKey(0), "dropout": jax.random.PRNGKey(1)}
     layers = _capture_layers(g, g.init(key, z, attrs, train=False), z, attrs, train=True)
+    d_in = (images,) if attrs is None else (images, attrs)
     layers += _capture_layers(
-        d, d.init(key, images, train=False), images, train=True, rngs={"dropout": key["dropout"]}
+        d, d.init(key, *d_in, train=False), *d_in, train=True, rngs={"dropout": key["dropout"]}
     )
     print(f"layers: {config.model.name} batch {b}, median of {reps} runs per part")
     total = 0.0

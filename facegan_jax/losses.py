@@ -113,6 +113,25 @@ def discriminator_targets(
     return t_real, t_fake
 
 
-def attribute_loss(attr_logits: jax.Array, attributes: jax.Array) -> jax.Array:
-    """ACGAN auxiliary loss: mean BCE over the batch and the 40 attributes."""
-    return binary_cross_entropy(attr_logits, attributes).mean()
+AUX_REDUCTIONS = ("mean", "sum")
+
+
+def attribute_loss(
+    attr_logits: jax.Array, attributes: jax.Array, reduction: str = "mean"
+) -> jax.Array:
+    """ACGAN auxiliary loss: BCE per attribute, averaged over the batch.
+
+    Args:
+      attr_logits: [B, A] attribute logits.
+      attributes: [B, A] targets in {0, 1}.
+      reduction: over the A attributes: 'mean' (the seed's: each attribute gets
+        1/A of the gradient) or 'sum' (StarGAN's: each attribute its own full BCE).
+    """
+    per_attribute = binary_cross_entropy(attr_logits, attributes).mean(axis=0)  # [A]
+    if reduction == "sum":
+        return per_attribute.sum()
+    if reduction == "mean":
+        return per_attribute.mean()
+    raise ValueError(
+        f"config.loss.aux_reduction={reduction!r} is not known; known: {AUX_REDUCTIONS}"
+    )

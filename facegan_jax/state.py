@@ -83,7 +83,8 @@ def init_state(
     g_params, g_vars = split_variables(generator.init({"params": k_g}, z, attrs, train=False))
     size, channels = config.data.image_size, config.data.channels
     images = jnp.zeros((n, size, size, channels), jnp.float32)
-    d_variables = discriminator.init({"params": k_d, "dropout": k_d}, images, train=False)
+    d_inputs = (images, attrs) if attrs is not None else (images,)
+    d_variables = discriminator.init({"params": k_d, "dropout": k_d}, *d_inputs, train=False)
     d_params, d_vars = split_variables(d_variables)
     return GanState(
         step=jnp.zeros((), jnp.int32),

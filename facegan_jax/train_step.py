@@ -103,6 +103,8 @@ def make_train_step(
     conditional = bool(config.model.num_attributes)
     n_critic = config.train.n_critic
     aux_weight = config.loss.aux_weight
+    g_aux_weight = config.loss.g_aux_weight
+    aux_reduction = config.loss.aux_reduction
     aux_on_fake = config.loss.aux_on_fake
     z_dim = config.model.z_dim
     ema_decay = config.train.ema_decay
@@ -113,10 +115,12 @@ def make_train_step(
         )
         return images, {**g_vars, **updates}
 
-    def d_apply(d_params: PyTree, d_vars: PyTree, images: jax.Array, key: jax.Array):
+    def d_apply(d_params: PyTree, d_vars: PyTree, images: jax.Array, attrs, key: jax.Array):
+        # Conditional discriminators also see the attributes (projection conditioning).
+        inputs = (images, attrs) if conditional else (images,)
         (logits, attr_logits), updates = discriminator.apply(
             {"params": d_params, **d_vars},
-            images,
+            *inputs,
             train=True,
             mutable=_MUTABLE,
             rngs={"dropout": key},
@@ -128,16 +132,20 @@ def make_train_step(
         fake_logits, fake_attr_logits = fake_out
         loss = adv.d_loss(real_logits, fake_logits, *targets)
         if conditional:
-            loss += aux_weight * losses.attribute_loss(real_attr_logits, real_attrs)
+            loss += aux_weight * losses.attribute_loss(real_attr_logits, real_attrs, aux_reduction)
             if aux_on_fake:
-                loss += aux_weight * losses.attribute_loss(fake_attr_logits, fake_attrs)
+                loss += aux_weight * losses.attribute_loss(
+                    fake_attr_logits, fake_attrs, aux_reduction
+                )
         return loss
 
     def g_loss_from_logits(fake_out, fake_attrs):
         fake_logits, fake_attr_logits = fake_out
         loss = adv.g_loss(fake_logits)
         if conditional:
-            loss += aux_weight * losses.attribute_loss(fake_attr_logits, fake_attrs)
+            loss += g_aux_weight * losses.attribute_loss(
+                fake_attr_logits, fake_attrs, aux_reduction
+            )
         return loss
 
     def sample_inputs(key: jax.Array, batch: int, real_attrs: jax.Array | None):
@@ -155,8 +163,8 @@ def make_train_step(
         targets = losses.discriminator_targets(k_t, real.shape[0], config.loss)
 
         def loss_fn(d_params):
-            r_logits, r_attr, d_vars = d_apply(d_params, state.d_vars, real, k_real)
-            f_logits, f_attr, d_vars = d_apply(d_params, d_vars, fake, k_fake)
+            r_logits, r_attr, d_vars = d_apply(d_params, state.d_vars, real, real_attrs, k_real)
+            f_logits, f_attr, d_vars = d_apply(d_params, d_vars, fake, fake_attrs, k_fake)
             loss = d_loss_from_logits(
                 (r_logits, r_attr), (f_logits, f_attr), targets, real_attrs, fake_attrs
             )
@@ -220,7 +228,9 @@ def make_train_step(
             state, metrics = d_update(state, real, real_attrs, fake, fake_attrs, keys[2 * i + 1])
 
         def g_loss_fn(fake_images):
-            f_logits, f_attr, d_vars = d_apply(state.d_params, state.d_vars, fake_images, keys[-1])
+            f_logits, f_attr, d_vars = d_apply(
+                state.d_params, state.d_vars, fake_images, fake_attrs, keys[-1]
+            )
             return g_loss_from_logits((f_logits, f_attr), fake_attrs), d_vars
 
         (g_loss, d_vars), fake_grad = jax.value_and_grad(g_loss_fn, has_aux=True)(fake)
@@ -241,8 +251,8 @@ def make_train_step(
         )
 
         def d_outputs(d_params, fake_images):
-            r_logits, r_attr, d_vars = d_apply(d_params, state.d_vars, real, k_real)
-            f_logits, f_attr, d_vars = d_apply(d_params, d_vars, fake_images, k_fake)
+            r_logits, r_attr, d_vars = d_apply(d_params, state.d_vars, real, real_attrs, k_real)
+            f_logits, f_attr, d_vars = d_apply(d_params, d_vars, fake_images, fake_attrs, k_fake)
             return ((r_logits, r_attr), (f_logits, f_attr)), d_vars
 
         outs, d_vjp, d_vars = jax.vjp(d_outputs, state.d_params, fake, has_aux=True)

@@ -120,39 +120,91 @@ class Generator(nn.Module):
 
 
 class Discriminator(nn.Module):
-    """ACGAN discriminator: images [B, S, S, C] -> (logits [B], attr_logits [B, A] or None)."""
+    """ACGAN discriminator: images [B, S, S, C] -> (logits [B], attr_logits [B, A] or None).
+
+    The seed's network by default; the attribute-control options (issue 11) are
+    fields, each off in the seed recipe:
+
+    * `spectral_norm=False`: plain convs (the seed normalises every D conv).
+    * `pool='sum'`: sum instead of average pooling of the last feature map, so
+      small, localised features (a mouth) are not diluted by the area.
+    * `attr_head='separate'`: the attribute logits come from their own plain-conv
+      tower (no spectral norm, no minibatch-stddev) instead of the shared,
+      spectrally normalised trunk.
+    * `projection=True`: adds the projection term <embed(attributes), h> to the
+      real/fake logit (Miyato & Koyama 2018; float multi-hot labels as in
+      StyleGAN2-ADA), so D judges image *and* condition together.
+    """
 
     image_size: int = 64
     num_attributes: int = 40
     base_dim: int = 128
     mbstd_group_size: int = 4
     sn_power_iterations: int = 1
+    spectral_norm: bool = True
+    pool: str = "mean"
+    attr_head: str = "shared"
+    projection: bool = False
     dtype: Dtype = jnp.float32
 
-    @nn.compact
-    def __call__(self, images: jax.Array, *, train: bool) -> tuple[jax.Array, jax.Array | None]:
-        stages = num_stages(self.image_size)
-        x = images.astype(self.dtype)
-        for i in range(stages):
-            x = SNConv(
-                self.base_dim * 2**i,
+    def _conv(self, features: int, normalise: bool) -> nn.Module:
+        if normalise:
+            return SNConv(
+                features,
                 (3, 3),
                 strides=(2, 2),
                 n_power_iterations=self.sn_power_iterations,
                 kernel_init=_CONV_INIT,
                 dtype=self.dtype,
-            )(x, update_stats=train)  # [B, H/2, W/2, base_dim * 2**i]
-            x = nn.leaky_relu(x, D_LEAKY_SLOPE)
+            )
+        return nn.Conv(
+            features,
+            (3, 3),
+            strides=(2, 2),
+            padding="SAME",
+            kernel_init=_CONV_INIT,
+            dtype=self.dtype,
+        )
+
+    def _pool(self, x: jax.Array) -> jax.Array:
+        reduce = jnp.sum if self.pool == "sum" else jnp.mean
+        return reduce(x.astype(jnp.float32), axis=(1, 2))  # [B, C]
+
+    @nn.compact
+    def __call__(
+        self, images: jax.Array, attributes: jax.Array | None = None, *, train: bool
+    ) -> tuple[jax.Array, jax.Array | None]:
+        stages = num_stages(self.image_size)
+        x = images.astype(self.dtype)
+        for i in range(stages):
+            conv = self._conv(self.base_dim * 2**i, self.spectral_norm)
+            x = conv(x, update_stats=train) if self.spectral_norm else conv(x)
+            x = nn.leaky_relu(x, D_LEAKY_SLOPE)  # [B, H/2, W/2, base_dim * 2**i]
             if i == 0:
                 x = MinibatchStdDev(self.mbstd_group_size)(x)  # [B, H, W, base_dim + 1]
-        features = jnp.mean(x.astype(jnp.float32), axis=(1, 2))  # [B, 8 * base_dim]
-        logits = nn.Dense(1, kernel_init=_DENSE_INIT, dtype=jnp.float32)(features)  # [B, 1]
-        attr_logits = None
-        if self.num_attributes:
-            attr_logits = nn.Dense(self.num_attributes, kernel_init=_DENSE_INIT, dtype=jnp.float32)(
-                features
-            )  # [B, A]
-        return logits[:, 0], attr_logits
+        features = self._pool(x)  # [B, 8 * base_dim]
+        logits = nn.Dense(1, kernel_init=_DENSE_INIT, dtype=jnp.float32)(features)[:, 0]  # [B]
+        if not self.num_attributes:
+            return logits, None
+        if self.projection:
+            if attributes is None:
+                raise ValueError("acgan discriminator with projection needs the attributes")
+            embed = nn.Dense(
+                features.shape[-1], use_bias=False, kernel_init=_DENSE_INIT, name="embed"
+            )(attributes.astype(jnp.float32))  # [B, 8 * base_dim]
+            logits = logits + jnp.sum(embed * features, axis=-1)  # [B]
+        if self.attr_head == "separate":
+            h = images.astype(self.dtype)
+            for i in range(stages):
+                h = nn.leaky_relu(self._conv(max(self.base_dim // 2, 8) * 2**i, False)(h), 0.2)
+            head_in = self._pool(h)  # [B, 4 * base_dim]
+        else:
+            head_in = features
+        # Unnamed, so the seed's parameter tree (Dense_0 logits, Dense_1 attributes) is kept.
+        attr_logits = nn.Dense(self.num_attributes, kernel_init=_DENSE_INIT, dtype=jnp.float32)(
+            head_in
+        )  # [B, A]
+        return logits, attr_logits
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -172,6 +224,12 @@ def default_config() -> ml_collections.ConfigDict:
             sn_power_iterations=1,
             # Minibatch-stddev group size; must divide the per-device batch.
             mbstd_group_size=4,
+            # Attribute-control options of the discriminator (see `Discriminator`);
+            # the seed's values: SN convs, average pooling, a shared head, no projection.
+            d_spectral_norm=True,
+            d_pool="mean",  # 'mean' or 'sum'
+            attr_head="shared",  # 'shared' or 'separate'
+            projection=False,
         )
     )
 
@@ -190,6 +248,10 @@ def build(config: Any) -> tuple[nn.Module, nn.Module]:
     dtype = compute_dtype(config)
     m = config.model
     num_stages(config.data.image_size)  # fail early with the field name
+    if m.d_pool not in ("mean", "sum"):
+        raise ValueError(f"config.model.d_pool={m.d_pool!r} must be 'mean' or 'sum'")
+    if m.attr_head not in ("shared", "separate"):
+        raise ValueError(f"config.model.attr_head={m.attr_head!r} must be 'shared' or 'separate'")
     generator = Generator(
         image_size=config.data.image_size,
         channels=config.data.channels,
@@ -205,6 +267,10 @@ def build(config: Any) -> tuple[nn.Module, nn.Module]:
         base_dim=m.d_dim,
         mbstd_group_size=m.mbstd_group_size,
         sn_power_iterations=m.sn_power_iterations,
+        spectral_norm=m.d_spectral_norm,
+        pool=m.d_pool,
+        attr_head=m.attr_head,
+        projection=m.projection,
         dtype=dtype,
     )
     return generator, discriminator

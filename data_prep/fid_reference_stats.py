@@ -7,7 +7,8 @@ metadata (n, source, resolution, crop, weights sha256), like
 `python -m facegan_jax.fid --save-stats`, and can be passed to that CLI as a source.
 
   python -m data_prep.fid_reference_stats --config=configs/default.py \
-      --split=validation --out=stats/synthetic_val.npz [--num-samples=2048] [--weights=PATH]
+      --split=validation --out=stats/synthetic_val.npz [--num_samples=2048] \
+      [--weights=PATH] [--batch_size=50]
 
 An existing output file is reused (it is the cache), never overwritten.
 """
@@ -17,8 +18,6 @@ from __future__ import annotations
 import os
 import sys
 from typing import Any
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -33,11 +32,11 @@ _BATCH = flags.DEFINE_integer("batch_size", 50, "Images per network call.")
 
 def default_output(config: Any, split: str, num_samples: int) -> str:
     """Cache path for a split's statistics, named by everything that changes them."""
-    from facegan_jax.models import inception
+    from facegan_jax.models import inception_weights
 
     d = config.data
     name = f"{d.name}_{split}_{d.image_size}px_{d.channels}ch_{d.crop}_n{num_samples or 'all'}"
-    return str(inception.cache_dir() / "fid_stats" / (name.replace("/", "_") + ".npz"))
+    return str(inception_weights.cache_dir() / "fid_stats" / (name.replace("/", "_") + ".npz"))
 
 
 def compute_reference_stats(
@@ -62,10 +61,10 @@ def compute_reference_stats(
       (mu, sigma, n).
     """
     from facegan_jax import fid, input_pipeline
-    from facegan_jax.models import inception
+    from facegan_jax.models import inception_weights
 
-    weights_path = inception.resolve_weights_path(weights)
-    params = inception.load_inception_params(weights_path)
+    weights_path = inception_weights.resolve_weights_path(weights)
+    params = inception_weights.load_inception_params(weights_path)
     dataset = input_pipeline.create_dataset(
         config,
         split,
@@ -90,12 +89,16 @@ def compute_reference_stats(
         source=f"{config.data.name}:{split}",
         resolution=[config.data.image_size, config.data.image_size],
         crop=config.data.crop,
-        weights_sha256=inception.file_sha256(weights_path),
+        weights_sha256=inception_weights.file_sha256(weights_path),
     )
     return mu, sigma, n
 
 
 def main(argv: list[str]) -> int:
+    """Entry point (see the module docstring); returns the exit status."""
+    from facegan_jax import runtime
+
+    runtime.setup()
     del argv
     config = _CONFIG.value
     if config is None:

@@ -1,16 +1,13 @@
-r"""FID and KID: in-graph Inception features, streaming statistics, Frechet distance, CLI.
+"""FID and KID maths: Inception features, streaming statistics, distances, stats files.
 
-This module owns the evaluation metric: turning generator output or image files
-into pytorch-fid's pool3 features (`models/inception.py`), accumulating their mean
-and covariance on the device, the Frechet distance and KID, the FID hook of the
-training loop, and the command line:
-
-  python -m facegan_jax.fid SRC_A SRC_B [--weights PATH] [--batch-size N] \
-      [--num-samples N] [--kid]
-  python -m facegan_jax.fid --save-stats SRC OUT.npz
-
-A SRC is a folder of images, an `.npz` of statistics (`mu`, `sigma`) or a training
-workdir (its latest EMA generator is sampled).
+This module owns the metric itself, with no notion of training runs or command
+lines: turning generator output or image files into pytorch-fid's pool3 features
+(`models/inception.py`), accumulating their mean and covariance on the device
+(`StatsAccumulator`), the Frechet distance and KID, statistics of image
+iterators and image folders, and the `.npz` statistics files (`save_stats`,
+`load_stats`). Metrics on a generator during training and after are
+`evaluation.py`; the command line is `fid_cli.py` (`python -m facegan_jax.fid`
+still runs it).
 
 Preprocessing, identical for generated and real images: [-1, 1] floats are quantised
 to the 256 levels of a saved PNG (`sampling.to_uint8`'s rounding), scaled to [0, 1],
@@ -21,10 +18,10 @@ pytorch-fid). Greyscale images are tiled to 3 channels.
 
 from __future__ import annotations
 
-import argparse
 import functools
 import os
 import sys
+import zipfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -33,7 +30,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import scipy.linalg
-from absl import logging
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from facegan_jax.models import inception
@@ -70,7 +66,16 @@ def to_unit_range(images: jax.Array, quantize: bool = True) -> jax.Array:
 
 @functools.partial(jax.jit, static_argnames=("quantize",))
 def image_features(params: PyTree, images: jax.Array, quantize: bool = True) -> jax.Array:
-    """pool3 features [B, 2048] of uint8 or [-1, 1] images [B, H, W, C] (jitted)."""
+    """pool3 features of uint8 or [-1, 1] images (jitted).
+
+    Args:
+      params: Inception params from `inception_weights.load_inception_params`.
+      images: [B, H, W, C] uint8 or float in [-1, 1]; C is 1 or 3.
+      quantize: round float images to PNG levels first.
+
+    Returns:
+      [B, 2048] float32.
+    """
     with jax.default_matmul_precision("highest"):
         return inception.pool3_features(params, to_unit_range(images, quantize))
 
@@ -179,6 +184,20 @@ class StatsAccumulator:
         return st["shift"] + mean_shifted, (sigma + sigma.T) / 2, n
 
 
+def stats_from_features(features: np.ndarray | jax.Array) -> tuple[np.ndarray, np.ndarray, int]:
+    """Mean and covariance of features held in full, via `StatsAccumulator`.
+
+    Args:
+      features: [N, D], N >= 2.
+
+    Returns:
+      (mu [D] float64, sigma [D, D] float64 with ddof=1, N).
+    """
+    acc = StatsAccumulator()
+    acc.update(jnp.asarray(features))
+    return acc.result()
+
+
 def frechet_distance(
     mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray
 ) -> float:
@@ -263,7 +282,7 @@ def kid(
     return float(np.mean(values)), float(np.std(values))
 
 
-# ----------------------------------------------------------------------------- drivers
+# ----------------------------------------------------------------------------- image batches
 def _fixed_batches(batches: Iterable[Any], batch_size: int) -> Iterator[tuple[np.ndarray, int]]:
     """Re-chunks image batches to exactly `batch_size` rows (last one zero-padded).
 
@@ -306,7 +325,7 @@ def compute_stats_from_images(
     Args:
       batches: iterator of [b, H, W, C] uint8 or [-1, 1] float arrays (or dicts with
         an 'image' entry, as the input pipeline yields).
-      inception_params: from `inception.load_inception_params`.
+      inception_params: from `inception_weights.load_inception_params`.
       batch_size: images per network call (batches are re-chunked to this size).
       quantize: round float images to PNG levels first.
       max_samples: stop after this many images.
@@ -352,216 +371,26 @@ def _limit(batches: Iterable[Any], max_samples: int | None) -> Iterator[Any]:
         yield images
 
 
-def _put_indices(indices: np.ndarray, mesh: Mesh | None) -> jax.Array:
-    if mesh is None:
-        return jnp.asarray(indices)
-    sharding = NamedSharding(mesh, PartitionSpec("data"))
-    # Works multi-host too: each process supplies the shards it holds.
-    return jax.make_array_from_callback(indices.shape, sharding, lambda idx: indices[idx])
-
-
-def generator_stats(
-    generate: Callable[[PyTree, jax.Array], jax.Array],
-    gen_variables: PyTree,
-    inception_params: PyTree,
-    num_samples: int,
-    batch_size: int,
-    *,
-    mesh: Mesh | None = None,
-    quantize: bool = True,
-    features_fn: Callable[..., jax.Array] | None = None,
-    keep_features: bool = False,
-) -> tuple[np.ndarray, np.ndarray, int, np.ndarray | None]:
-    """Statistics of images 0..num_samples-1 of a generator, all in the graph.
-
-    Returns:
-      (mu, sigma, n, features [n, 2048] or None); features cross to the host only
-      when `keep_features` (for KID), images never.
-    """
-    if mesh is not None:
-        per = mesh.devices.size
-        batch_size = -(-batch_size // per) * per  # a multiple of the device count
-        rep = NamedSharding(mesh, PartitionSpec())
-        inception_params = jax.device_put(inception_params, rep)
-        gen_variables = jax.device_put(gen_variables, rep)
-    else:
-        inception_params = jax.device_put(inception_params)
-    fn = features_fn or generator_features_fn(generate, quantize, mesh)
-    acc = StatsAccumulator()
-    kept = []
-    for start in range(0, num_samples, batch_size):
-        indices = np.arange(start, start + batch_size, dtype=np.int32)
-        valid = min(batch_size, num_samples - start)
-        features = fn(gen_variables, inception_params, _put_indices(indices, mesh))  # [B, 2048]
-        acc.update(features, valid)
-        if keep_features:
-            kept.append(np.asarray(features)[:valid])
-    mu, sigma, n = acc.result()
-    return mu, sigma, n, np.concatenate(kept) if keep_features else None
-
-
-def evaluate_generator(
-    generate: Callable[[PyTree, jax.Array], jax.Array],
-    gen_variables: PyTree,
-    inception_params: PyTree,
-    num_samples: int,
-    batch_size: int,
-    reference: tuple[np.ndarray, np.ndarray],
-    real_features: np.ndarray | None = None,
-    *,
-    mesh: Mesh | None = None,
-    quantize: bool = True,
-    features_fn: Callable[..., jax.Array] | None = None,
-) -> dict[str, float | None]:
-    """FID (and KID when `real_features` is given) of a generator against a reference.
-
-    Args:
-      generate: `generate(gen_variables, indices) -> [B, H, W, C]` in [-1, 1].
-      gen_variables: the generator's variables (e.g. the EMA ones).
-      inception_params: from `inception.load_inception_params`.
-      num_samples: images to generate (indices 0..num_samples-1).
-      batch_size: images per call (rounded up to a multiple of the mesh size).
-      reference: real-side (mu, sigma).
-      real_features: real-side features [N, 2048] for KID, or None to skip KID.
-      mesh: shard generation and features over this mesh's 'data' axis.
-      quantize: round generated images to PNG levels (default).
-      features_fn: a prebuilt `generator_features_fn(generate, ...)`.
-
-    Returns:
-      {'fid': float, 'kid': float or None}.
-    """
-    mu, sigma, _, fake = generator_stats(
-        generate,
-        gen_variables,
-        inception_params,
-        num_samples,
-        batch_size,
-        mesh=mesh,
-        quantize=quantize,
-        features_fn=features_fn,
-        keep_features=real_features is not None,
-    )
-    result: dict[str, float | None] = {"fid": frechet_distance(mu, sigma, *reference), "kid": None}
-    if real_features is not None:
-        result["kid"] = kid(fake, real_features)[0]
-    return result
-
-
-def try_load_inception(weights_path: str | None) -> PyTree | None:
-    """Inception params, or None after exactly one warning when they are unavailable.
-
-    Args:
-      weights_path: the weights file, or None for the cache/download logic.
-
-    Returns:
-      The params pytree, or None (the caller then skips FID).
-    """
-    try:
-        return inception.load_inception_params(weights_path)
-    except (inception.InceptionWeightsUnavailableError, inception.InceptionWeightsError) as e:
-        logging.warning("FID disabled: %s", e)
-        return None
-
-
-# ----------------------------------------------------------------------------- training hook
-def make_training_hook(
-    config: Any, generator: Any, pool: np.ndarray | None, workdir: str
-) -> Callable[[Any], dict[str, float]] | None:
-    """The training loop's FID hook: `hook(state) -> {'eval/fid', 'eval/kid'}`.
-
-    Generates `config.fid.num_samples` images from the EMA generator (seed
-    `config.seed`, attributes drawn from `pool` for conditional models) and compares
-    them with the statistics of `config.data.eval_split`, computed once and cached in
-    `<workdir>/fid_reference/`. Returns None, after one warning, when the Inception
-    weights are unavailable.
-    """
-    from facegan_jax import sampling, sharding
-
-    params = try_load_inception(config.fid.weights_path)
-    if params is None:
-        return None
-    mesh = sharding.create_mesh()
-    params = jax.device_put(params, sharding.replicated(mesh))
-    reference = _training_reference(config, params, workdir)
-    generate = sampling.make_generate_fn(generator, config, seed=config.seed, pool=pool)
-    features_fn = generator_features_fn(generate, True, mesh)
-
-    def hook(state: Any) -> dict[str, float]:
-        variables = {"params": state.ema_params, **state.ema_vars}
-        result = evaluate_generator(
-            generate,
-            variables,
-            params,
-            config.fid.num_samples,
-            config.fid.batch_size,
-            (reference["mu"], reference["sigma"]),
-            reference.get("features"),
-            mesh=mesh,
-            features_fn=features_fn,
-        )
-        scalars = {"eval/fid": result["fid"]}
-        if result["kid"] is not None:
-            scalars["eval/kid"] = result["kid"]
-        return scalars
-
-    return hook
-
-
-def _training_reference(config: Any, params: PyTree, workdir: str) -> dict[str, np.ndarray]:
-    """Real-side statistics (and features for KID) of the eval split, cached in the workdir."""
-    data = config.data
-    name = (
-        f"{data.name}_{data.eval_split}_{data.image_size}px_{data.channels}ch_{data.crop}_"
-        f"n{config.fid.num_samples}.npz"
-    ).replace("/", "_")
-    path = Path(workdir) / "fid_reference" / name
-    if path.exists():
-        with np.load(path) as cached:
-            return {k: cached[k] for k in cached.files if k in ("mu", "sigma", "features")}
-    from facegan_jax import input_pipeline
-
-    # Every process reads the whole (small) eval split, so all compute the same statistics.
-    dataset = input_pipeline.create_dataset(
-        config,
-        data.eval_split,
-        batch_size=config.fid.batch_size,
-        shuffle=False,
-        repeat=False,
-        process_index=0,
-        process_count=1,
-        drop_remainder=False,
-    )
-    feats = features_from_images(
-        dataset.as_numpy_iterator(),
-        params,
-        config.fid.batch_size,
-        max_samples=config.fid.num_samples,
-    )
-    acc = StatsAccumulator()
-    acc.update(jnp.asarray(feats))
-    mu, sigma, n = acc.result()
-    ref = {"mu": mu, "sigma": sigma}
-    if config.fid.kid:
-        ref["features"] = feats
-    if n < config.fid.num_samples:
-        logging.warning("FID reference: split %r has only %d images", data.eval_split, n)
-    if jax.process_index() == 0:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp.npz")
-        np.savez(tmp, n=n, source=f"{data.name}:{data.eval_split}", **ref)
-        os.replace(tmp, path)
-    return ref
-
-
-# ----------------------------------------------------------------------------- CLI sources
+# ------------------------------------------------------------ image folders, statistics files
 def list_image_files(folder: str | os.PathLike) -> list[Path]:
-    """Image files directly in `folder`, sorted by name."""
+    """Image files directly in `folder` (by extension, see IMAGE_EXTENSIONS), sorted by name.
+
+    Args:
+      folder: an existing folder.
+
+    Returns:
+      The paths; empty when the folder holds no image files.
+    """
     folder = Path(folder)
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
 
 
 def iterate_image_folder(files: list[Path], batch_size: int) -> Iterator[np.ndarray]:
     """Yields uint8 [b, H, W, 3] batches of RGB images; all must share one size.
+
+    Args:
+      files: image paths, e.g. from `list_image_files`.
+      batch_size: images per batch (the last one may hold fewer).
 
     Raises:
       ValueError: naming the file that cannot be decoded or has a different size.
@@ -591,60 +420,17 @@ def iterate_image_folder(files: list[Path], batch_size: int) -> Iterator[np.ndar
         yield np.stack(batch)
 
 
-def _workdir_generate(workdir: str) -> tuple[Callable[[PyTree, jax.Array], jax.Array], PyTree, Any]:
-    """A training workdir's EMA generator as `generate(variables, indices)`.
-
-    Conditional models get attributes drawn from the workdir's real attribute pool
-    (see `sample.load_generator_for_sampling`).
-    """
-    from facegan_jax.sample import load_generator_for_sampling
-
-    return load_generator_for_sampling(workdir)
-
-
-def _source_stats(
-    src: str, args: argparse.Namespace, params: PyTree | None, need_features: bool
-) -> dict[str, Any]:
-    """mu, sigma, n (+ features, metadata) of one CLI source."""
-    path = Path(src)
-    if path.suffix == ".npz" and path.is_file():
-        if need_features:
-            raise ValueError(f"{src}: KID needs features, but this is a statistics file")
-        try:
-            with np.load(path) as f:
-                return {"mu": f["mu"], "sigma": f["sigma"]}
-        except KeyError as e:
-            raise ValueError(f"{src}: statistics file without {e.args[0]!r}") from None
-    if not path.is_dir():
-        raise ValueError(f"{src}: neither a folder of images, an .npz of statistics nor a workdir")
-    files = list_image_files(path)
-    if files:
-        if args.num_samples:
-            files = files[: args.num_samples]
-        batches = iterate_image_folder(files, args.batch_size)
-        feats = features_from_images(batches, params, args.batch_size)
-        first = next(iterate_image_folder(files[:1], 1))  # [1, H, W, 3]
-        resolution, crop = [int(first.shape[1]), int(first.shape[2])], "none"
-    else:
-        generate, variables, config = _workdir_generate(str(path))
-        num = args.num_samples or config.fid.num_samples
-        mu, sigma, n, feats = generator_stats(
-            generate, variables, params, num, args.batch_size, keep_features=need_features
-        )
-        resolution = [config.data.image_size, config.data.image_size]
-        meta = {"n": n, "source": str(path), "resolution": resolution, "crop": config.data.crop}
-        return {"mu": mu, "sigma": sigma, "features": feats, "meta": meta}
-    acc = StatsAccumulator()
-    acc.update(jnp.asarray(feats))
-    mu, sigma, n = acc.result()
-    meta = {"n": n, "source": str(path), "resolution": resolution, "crop": crop}
-    return {"mu": mu, "sigma": sigma, "features": feats, "meta": meta}
-
-
 def save_stats(path: str | os.PathLike, mu: np.ndarray, sigma: np.ndarray, **meta: Any) -> None:
     """Writes `mu`, `sigma` and metadata to a new .npz; never replaces an existing file.
 
+    Args:
+      path: the output, ending in .npz.
+      mu: mean [D].
+      sigma: covariance [D, D].
+      **meta: extra entries (n, source, resolution, crop, weights_sha256, ...).
+
     Raises:
+      ValueError: `path` does not end in .npz.
       FileExistsError: `path` exists.
     """
     path = Path(path)
@@ -658,49 +444,37 @@ def save_stats(path: str | os.PathLike, mu: np.ndarray, sigma: np.ndarray, **met
     os.replace(tmp, path)
 
 
-def _parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m facegan_jax.fid",
-        description="FID between two sources (image folder, .npz statistics or training workdir).",
-    )
-    parser.add_argument("path", nargs=2, help="two sources (or SRC OUT.npz with --save-stats)")
-    parser.add_argument("--weights", default=None, help="pt_inception-2015-12-05-6726825d.pth")
-    parser.add_argument("--batch-size", type=int, default=50)
-    parser.add_argument("--num-samples", type=int, default=None, help="images per source")
-    parser.add_argument("--kid", action="store_true", help="also print KID")
-    parser.add_argument("--save-stats", action="store_true", help="write SRC's statistics to OUT")
-    args = parser.parse_args(argv)
-    if args.batch_size < 1:
-        parser.error(f"--batch-size={args.batch_size} must be >= 1")
-    return args
+def load_stats(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """Reads `mu` and `sigma` from a statistics .npz (ours or pytorch-fid's).
 
+    Args:
+      path: the .npz file.
 
-def main(argv: list[str] | None = None) -> int:
-    """Command-line entry point (see the module docstring)."""
-    args = _parse_args(argv)
+    Returns:
+      (mu [D], sigma [D, D]) as stored.
+
+    Raises:
+      ValueError: naming the file when it is unreadable or lacks `mu` or `sigma`.
+    """
     try:
-        needs_net = args.save_stats or any(not p.endswith(".npz") for p in args.path)
-        params, sha = None, None
-        if needs_net:
-            weights = inception.resolve_weights_path(args.weights)
-            params = inception.load_inception_params(weights)
-            sha = inception.file_sha256(weights)
-        if args.save_stats:
-            src, out = args.path
-            stats = _source_stats(src, args, params, need_features=False)
-            save_stats(out, stats["mu"], stats["sigma"], weights_sha256=sha, **stats["meta"])
-            print(f"Saved statistics of {stats['meta']['n']} images to {out}")
-            return 0
-        a, b = (_source_stats(p, args, params, args.kid) for p in args.path)
-        print(f"FID: {frechet_distance(a['mu'], a['sigma'], b['mu'], b['sigma'])}")
-        if args.kid:
-            mean, std = kid(a["features"], b["features"])
-            print(f"KID: {mean} (std {std})")
-        return 0
-    except (ValueError, OSError) as e:
-        print(f"fid: error: {e}", file=sys.stderr)
-        return 1
+        data = np.load(path)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise ValueError(
+            f"{path}: cannot read statistics ({e}); expected an .npz of mu, sigma"
+        ) from None
+    if not isinstance(data, np.lib.npyio.NpzFile):
+        raise ValueError(f"{path}: a single array, not an .npz of mu, sigma")
+    with data:
+        missing = [k for k in ("mu", "sigma") if k not in data.files]
+        if missing:
+            raise ValueError(
+                f"{path}: statistics file without {missing[0]!r}; write one with "
+                "`python -m facegan_jax.fid --save-stats SRC OUT.npz`"
+            )
+        return data["mu"], data["sigma"]
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # `python -m facegan_jax.fid ...` (README) runs the CLI
+    from facegan_jax import fid_cli
+
+    sys.exit(fid_cli.main())

@@ -1,16 +1,21 @@
-"""Tests of FID/KID: statistics, distances, the fused generator path, the CLI, the hook's loader."""
+"""Tests of FID/KID: distances and statistics (fid), generators in the graph and the
+weights loader of the training hook (evaluation), the command line (fid_cli)."""
 
 from __future__ import annotations
 
-import jax
+import os
+import subprocess
+import sys
+import textwrap
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.sharding import Mesh
 from PIL import Image
 
-from facegan_jax import fid
-from facegan_jax.models import inception
+from facegan_jax import evaluation, fid, fid_cli
+from facegan_jax.models import inception_weights as weights_lib
+from tests.conftest import REPO_ROOT
 
 
 # ----------------------------------------------------------------------------- distances
@@ -118,23 +123,33 @@ def test_fixed_batches_rechunk_and_pad():
 
 
 # ----------------------------------------------------------------------------- in the graph
-def test_fused_generator_features_over_a_mesh_match_pytorch_fid(
-    inception_params, inception_expected
-):
-    # A "generator" that returns the fixture images in [-1, 1]: after PNG quantisation
-    # the network sees exactly pytorch-fid's input, so its features must match.
-    bank = (
-        jnp.asarray(inception_expected["images_uint8"], jnp.float32) / 127.5 - 1.0
-    )  # [8, 64, 64, 3]
+def _bank_generator(inception_expected):
+    """A "generator" returning the fixture images in [-1, 1] by index (mod 8).
+
+    After PNG quantisation the network sees exactly pytorch-fid's input, so its
+    features must equal pytorch-fid's.
+    """
+    bank = jnp.asarray(inception_expected["images_uint8"], jnp.float32) / 127.5 - 1.0
 
     def generate(variables, indices):
-        return variables["bank"][indices % 8]
+        return variables["bank"][indices % 8]  # [B, 64, 64, 3]
 
-    mesh = Mesh(np.asarray(jax.devices()[:2]), ("data",))
-    features_fn = fid.generator_features_fn(generate, True, mesh)
-    assert fid.generator_features_fn(generate, True, mesh) is features_fn  # compiled once
-    feats = features_fn({"bank": bank}, inception_params, jnp.asarray([5, 2], jnp.int32))
-    assert feats.sharding.spec == jax.sharding.PartitionSpec("data")
+    return generate, {"bank": bank}
+
+
+def test_generator_features_fn_is_built_once_per_generate_quantize_and_mesh(inception_expected):
+    generate, _ = _bank_generator(inception_expected)
+    features_fn = fid.generator_features_fn(generate, True, None)
+    assert fid.generator_features_fn(generate, True, None) is features_fn
+    assert fid.generator_features_fn(generate, False, None) is not features_fn
+
+
+def test_fused_generator_features_match_pytorch_fid_and_padded_rows_do_not_count(
+    inception_params, inception_expected
+):
+    generate, variables = _bank_generator(inception_expected)
+    features_fn = fid.generator_features_fn(generate, True, None)
+    feats = features_fn(variables, inception_params, jnp.asarray([5, 2], jnp.int32))
     np.testing.assert_allclose(
         np.asarray(feats), inception_expected["pool3"][[5, 2]], atol=1e-4, rtol=0
     )
@@ -142,15 +157,14 @@ def test_fused_generator_features_over_a_mesh_match_pytorch_fid(
     real = inception_expected["pool3"]
     mu, sigma = real.mean(0), np.cov(real, rowvar=False)
     # 3 samples in batches of 2: the padded 4th row must not count.
-    result = fid.evaluate_generator(
+    result = evaluation.evaluate_generator(
         generate,
-        {"bank": bank},
+        variables,
         inception_params,
         num_samples=3,
         batch_size=2,
         reference=(mu, sigma),
         real_features=real,
-        mesh=mesh,
         features_fn=features_fn,
     )
     gen = real[:3]
@@ -159,14 +173,86 @@ def test_fused_generator_features_over_a_mesh_match_pytorch_fid(
     assert result["kid"] == pytest.approx(fid.kid(gen, real)[0], abs=1e-4)
 
 
-def test_try_load_inception_warns_once_and_returns_none(tmp_path, monkeypatch):
+_TWO_DEVICE_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    import jax, jax.numpy as jnp, numpy as np
+    from jax.sharding import Mesh, PartitionSpec
+    from facegan_jax import runtime
+    runtime.setup(tensorflow=False)
+    from facegan_jax import evaluation, fid
+    from facegan_jax.models import inception_weights as weights_lib
+
+    assert len(jax.devices()) == 2, jax.devices()
+    fixture = sys.argv[1]
+    params = weights_lib.load_inception_params(fixture + "/fixture_inception_seed0.pth")
+    with np.load(fixture + "/fixture_expected_seed0.npz") as f:
+        images, real = f["images_uint8"], f["pool3"]
+    variables = {"bank": jnp.asarray(images, jnp.float32) / 127.5 - 1.0}
+    generate = lambda v, indices: v["bank"][indices % 8]
+    mesh = Mesh(np.asarray(jax.devices()), ("data",))
+    features_fn = fid.generator_features_fn(generate, True, mesh)
+    feats = features_fn(variables, params, jnp.asarray([5, 2], jnp.int32))
+    assert feats.sharding.spec == PartitionSpec("data"), feats.sharding
+    assert len(feats.sharding.device_set) == 2, feats.sharding
+    np.testing.assert_allclose(np.asarray(feats), real[[5, 2]], atol=1e-4, rtol=0)
+    # batch_size 1 is rounded up to 2 (one row per device); 3 samples pad a 4th row,
+    # which must not count.
+    mu, sigma, n, kept = evaluation.generator_stats(
+        generate, variables, params, num_samples=3, batch_size=1, mesh=mesh,
+        features_fn=features_fn, keep_features=True)
+    gen = real[:3].astype(np.float64)
+    assert n == 3 and kept.shape == (3, 2048), (n, kept.shape)
+    np.testing.assert_allclose(kept, real[:3], atol=1e-4, rtol=0)
+    np.testing.assert_allclose(mu, gen.mean(0), atol=1e-4, rtol=0)
+    np.testing.assert_allclose(sigma, np.cov(gen, rowvar=False), atol=1e-4, rtol=0)
+    print("TWO_DEVICE_FID_OK")
+    """
+)
+
+
+def test_two_device_mesh_shards_generator_features_and_stats_match_pytorch_fid(
+    inception_fixture_dir,
+):
+    # The suite runs with one in-process CPU device (conftest.py): two fake devices
+    # need their own process.
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2"
+    proc = subprocess.run(
+        [sys.executable, "-c", _TWO_DEVICE_SCRIPT, str(inception_fixture_dir)],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "TWO_DEVICE_FID_OK" in proc.stdout
+
+
+def test_try_load_inception_returns_none_with_one_warning_per_unusable_file(tmp_path, monkeypatch):
     warnings = []
-    monkeypatch.setattr(fid.logging, "warning", lambda *a: warnings.append(a))
-    assert fid.try_load_inception(str(tmp_path / "missing.pth")) is None
+    monkeypatch.setattr(evaluation.logging, "warning", lambda *a: warnings.append(a))
+    assert evaluation.try_load_inception(str(tmp_path / "missing.pth")) is None
     bad = tmp_path / "bad.pth"
     bad.write_bytes(b"\x00" * 100)
-    assert fid.try_load_inception(str(bad)) is None
+    assert evaluation.try_load_inception(str(bad)) is None
     assert len(warnings) == 2 and "missing.pth" in str(warnings[0])
+
+
+# ----------------------------------------------------------------------------- statistics files
+def test_load_stats_reads_save_stats_and_names_a_file_without_sigma(tmp_path):
+    mu, sigma = np.arange(3.0), np.eye(3)
+    fid.save_stats(tmp_path / "s.npz", mu, sigma, n=3)
+    got_mu, got_sigma = fid.load_stats(tmp_path / "s.npz")
+    np.testing.assert_array_equal(got_mu, mu)
+    np.testing.assert_array_equal(got_sigma, sigma)
+    np.savez(tmp_path / "mu_only.npz", mu=mu)
+    with pytest.raises(ValueError, match="mu_only.npz.*'sigma'"):
+        fid.load_stats(tmp_path / "mu_only.npz")
+    (tmp_path / "junk.npz").write_bytes(b"not a zip")
+    with pytest.raises(ValueError, match="junk.npz: cannot read statistics"):
+        fid.load_stats(tmp_path / "junk.npz")
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -182,23 +268,21 @@ def test_save_stats_over_png_folder_matches_pool3_statistics(
     _write_pngs(tmp_path / "imgs", inception_expected["images_uint8"])
     out = tmp_path / "stats.npz"
     args = ["--save-stats", str(tmp_path / "imgs"), str(out), "--weights", inception_weights]
-    assert fid.main([*args, "--batch-size", "8"]) == 0
+    assert fid_cli.main([*args, "--batch-size", "8"]) == 0
     with np.load(out) as f:
         np.testing.assert_allclose(f["mu"], inception_expected["pool3"].mean(0), atol=1e-4, rtol=0)
         ref = np.cov(inception_expected["pool3"].astype(np.float64), rowvar=False)
         np.testing.assert_allclose(f["sigma"], ref, atol=1e-4, rtol=0)
         assert int(f["n"]) == 8 and list(f["resolution"]) == [64, 64] and str(f["crop"]) == "none"
-        assert str(f["weights_sha256"]) == inception.file_sha256(inception_weights)
+        assert str(f["weights_sha256"]) == weights_lib.file_sha256(inception_weights)
         assert str(f["source"]) == str(tmp_path / "imgs")
-    # An existing output is never replaced.
-    assert fid.main([*args, "--batch-size", "8"]) == 1
 
 
 def test_cli_prints_fid_between_statistics_files(tmp_path, inception_expected, capsys):
     a, b = tmp_path / "a.npz", tmp_path / "b.npz"
     fid.save_stats(a, inception_expected["fd_mu1"], inception_expected["fd_sigma1"])
     fid.save_stats(b, inception_expected["fd_mu2"], inception_expected["fd_sigma2"])
-    assert fid.main([str(a), str(b)]) == 0
+    assert fid_cli.main([str(a), str(b)]) == 0
     line = capsys.readouterr().out.strip()
     assert line.startswith("FID: ")
     assert float(line.split()[1]) == pytest.approx(
@@ -206,12 +290,92 @@ def test_cli_prints_fid_between_statistics_files(tmp_path, inception_expected, c
     )
 
 
+def test_python_m_facegan_jax_fid_still_runs_the_cli(tmp_path, inception_expected):
+    a, b = tmp_path / "a.npz", tmp_path / "b.npz"
+    fid.save_stats(a, inception_expected["fd_mu1"], inception_expected["fd_sigma1"])
+    fid.save_stats(b, inception_expected["fd_mu2"], inception_expected["fd_sigma2"])
+    proc = subprocess.run(
+        [sys.executable, "-m", "facegan_jax.fid", str(a), str(b)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    value = float(proc.stdout.strip().splitlines()[-1].removeprefix("FID: "))
+    assert value == pytest.approx(float(inception_expected["fd_expected"]), rel=1e-6)
+
+
+def _one_line_error(capsys) -> str:
+    err = capsys.readouterr().err
+    assert err.startswith("fid: error: ") and err.count("\n") == 1, err
+    assert "Traceback" not in err
+    return err
+
+
 def test_folder_errors_name_the_file(tmp_path, inception_weights, capsys):
     folder = tmp_path / "mixed"
     _write_pngs(folder, [np.zeros((8, 8, 3), np.uint8), np.zeros((9, 8, 3), np.uint8)])
-    assert fid.main([str(folder), str(folder), "--weights", inception_weights]) == 1
-    assert "001.png" in capsys.readouterr().err
+    assert fid_cli.main([str(folder), str(folder), "--weights", inception_weights]) == 2
+    assert "001.png" in _one_line_error(capsys)
     (folder / "001.png").write_bytes(b"not a png")
-    assert fid.main([str(folder), str(folder), "--weights", inception_weights]) == 1
-    err = capsys.readouterr().err
+    assert fid_cli.main([str(folder), str(folder), "--weights", inception_weights]) == 2
+    err = _one_line_error(capsys)
     assert "001.png" in err and "cannot read" in err
+
+
+@pytest.mark.parametrize(
+    "case, hint",
+    [
+        ("missing_folder", "does not exist"),
+        ("empty_folder", "no image files"),
+        ("not_a_workdir", "no config.json"),
+        ("not_npz_file", "not an .npz"),
+        ("truncated_weights", "download it again"),
+        ("existing_output", "already exists"),
+    ],
+)
+def test_bad_input_is_one_error_line_naming_the_path_with_exit_code_2(
+    tmp_path, inception_fixture_dir, inception_expected, capsys, case, hint
+):
+    images = tmp_path / "imgs"
+    _write_pngs(images, inception_expected["images_uint8"][:2])
+    stats = tmp_path / "s.npz"
+    fid.save_stats(stats, inception_expected["fd_mu1"], inception_expected["fd_sigma1"])
+    weights = str(inception_fixture_dir / "fixture_inception_seed0.pth")
+    named = {
+        "missing_folder": tmp_path / "nowhere",
+        "empty_folder": tmp_path / "empty",
+        "not_a_workdir": tmp_path / "other",
+        "not_npz_file": tmp_path / "notes.txt",
+        "truncated_weights": inception_fixture_dir / "real_weights_truncated.pth",
+        "existing_output": stats,
+    }[case]
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "readme.txt").write_text("no images here")
+    (tmp_path / "notes.txt").write_text("hello")
+    if case == "truncated_weights":
+        argv = [str(images), str(stats), "--weights", str(named)]
+    elif case == "existing_output":
+        argv = ["--save-stats", str(images), str(stats), "--weights", weights]
+    else:
+        argv = [str(named), str(stats), "--weights", weights]
+    assert fid_cli.main(argv) == 2
+    err = _one_line_error(capsys)
+    assert str(named) in err and hint in err
+
+
+def test_workdir_source_without_checkpoint_is_one_error_line_with_exit_code_2(
+    tmp_path, inception_weights, inception_expected, capsys
+):
+    from facegan_jax import workdir as workdir_lib
+    from tests.helpers import tiny_config
+
+    run = tmp_path / "run"
+    workdir_lib.write_config(run, tiny_config())  # a workdir whose training never saved
+    stats = tmp_path / "s.npz"
+    fid.save_stats(stats, inception_expected["fd_mu1"], inception_expected["fd_sigma1"])
+    assert fid_cli.main([str(run), str(stats), "--weights", inception_weights]) == 2
+    err = _one_line_error(capsys)
+    assert "no checkpoint" in err and str(run) in err

@@ -1,4 +1,5 @@
-"""Tests of the FID InceptionV3 port: torch-free weight loading and agreement with pytorch-fid."""
+"""Tests of the FID InceptionV3 port: torch-free weight files (inception_weights) and the
+network's agreement with pytorch-fid (inception)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from facegan_jax.models import inception
+from facegan_jax.models import inception, inception_weights
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +27,9 @@ def forward():
 
 # ----------------------------------------------------------------------------- file reading
 def test_state_dict_has_the_real_files_names_and_shapes(inception_fixture_dir):
-    state = inception.read_torch_state_dict(inception_fixture_dir / "fixture_inception_seed0.pth")
+    state = inception_weights.read_torch_state_dict(
+        inception_fixture_dir / "fixture_inception_seed0.pth"
+    )
     header = {}
     for line in (inception_fixture_dir / "real_weights_param_shapes.txt").read_text().splitlines():
         name, _, shape = line.partition(" ")
@@ -39,8 +42,10 @@ def test_state_dict_has_the_real_files_names_and_shapes(inception_fixture_dir):
 
 def test_truncated_download_is_rejected_with_a_clear_error(inception_fixture_dir):
     path = inception_fixture_dir / "real_weights_truncated.pth"
-    with pytest.raises(inception.InceptionWeightsError, match="truncated or corrupt") as err:
-        inception.load_inception_params(path)
+    with pytest.raises(
+        inception_weights.InceptionWeightsError, match="truncated or corrupt"
+    ) as err:
+        inception_weights.load_inception_params(path)
     message = str(err.value)
     assert str(path) in message and "download" in message and "\n" not in message
 
@@ -48,8 +53,8 @@ def test_truncated_download_is_rejected_with_a_clear_error(inception_fixture_dir
 def test_garbage_file_is_rejected(tmp_path):
     path = tmp_path / "junk.pth"
     path.write_bytes(b"\x80\x02not a torch file" * 10)
-    with pytest.raises(inception.InceptionWeightsError, match="junk.pth"):
-        inception.read_torch_state_dict(path)
+    with pytest.raises(inception_weights.InceptionWeightsError, match="junk.pth"):
+        inception_weights.read_torch_state_dict(path)
 
 
 def _fake_torch(monkeypatch):
@@ -136,7 +141,7 @@ def test_both_torch_formats_read_views_offsets_and_scalars(tmp_path, monkeypatch
     path = tmp_path / "w.pth"
     _write_torch_file(path, tensors, storages, use_zip, monkeypatch)
     monkeypatch.delitem(sys.modules, "torch")  # the reader must not need torch
-    state = inception.read_torch_state_dict(path)
+    state = inception_weights.read_torch_state_dict(path)
     assert list(state) == list(tensors)
     np.testing.assert_array_equal(state["matrix"], base.reshape(3, 4))
     np.testing.assert_array_equal(state["transposed"], base.reshape(3, 4).T)
@@ -151,8 +156,8 @@ def test_pickled_code_is_refused(tmp_path):
         pickle.dump(header, out, protocol=2)
     pickle.dump(collections.OrderedDict(x=print), out, protocol=2)  # a global outside the list
     path.write_bytes(out.getvalue())
-    with pytest.raises(inception.InceptionWeightsError, match="unsupported global"):
-        inception.read_torch_state_dict(path)
+    with pytest.raises(inception_weights.InceptionWeightsError, match="unsupported global"):
+        inception_weights.read_torch_state_dict(path)
 
 
 # ----------------------------------------------------------------------------- locating
@@ -163,33 +168,38 @@ def test_offline_without_cached_weights_says_where_to_put_the_file(tmp_path, mon
     def offline(url, dest):
         raise urllib.error.URLError("no network")
 
-    monkeypatch.setattr(inception, "_download", offline)
-    with pytest.raises(inception.InceptionWeightsUnavailableError) as err:
-        inception.load_inception_params(None)
+    monkeypatch.setattr(inception_weights, "_download", offline)
+    with pytest.raises(inception_weights.InceptionWeightsUnavailableError) as err:
+        inception_weights.load_inception_params(None)
     message = str(err.value)
-    assert str(cache / inception.FID_WEIGHTS_FILENAME) in message
-    assert inception.FID_WEIGHTS_URL in message
+    assert str(cache / inception_weights.FID_WEIGHTS_FILENAME) in message
+    assert inception_weights.FID_WEIGHTS_URL in message
     assert not list(cache.glob("*.partial"))
 
 
 def test_cached_weights_are_used_without_download(tmp_path, monkeypatch):
     monkeypatch.setenv("FACEGAN_CACHE", str(tmp_path))
-    (tmp_path / inception.FID_WEIGHTS_FILENAME).write_bytes(b"x")
-    monkeypatch.setattr(inception, "_download", lambda url, dest: pytest.fail("downloaded"))
-    assert inception.resolve_weights_path(None) == tmp_path / inception.FID_WEIGHTS_FILENAME
+    (tmp_path / inception_weights.FID_WEIGHTS_FILENAME).write_bytes(b"x")
+    monkeypatch.setattr(inception_weights, "_download", lambda url, dest: pytest.fail("downloaded"))
+    assert (
+        inception_weights.resolve_weights_path(None)
+        == tmp_path / inception_weights.FID_WEIGHTS_FILENAME
+    )
 
 
 def test_download_with_wrong_hash_is_rejected_and_not_cached(tmp_path, monkeypatch):
     monkeypatch.setenv("FACEGAN_CACHE", str(tmp_path))
-    monkeypatch.setattr(inception, "_download", lambda url, dest: dest.write_bytes(b"html page"))
-    with pytest.raises(inception.InceptionWeightsError, match="sha256"):
-        inception.resolve_weights_path(None)
+    monkeypatch.setattr(
+        inception_weights, "_download", lambda url, dest: dest.write_bytes(b"html page")
+    )
+    with pytest.raises(inception_weights.InceptionWeightsError, match="sha256"):
+        inception_weights.resolve_weights_path(None)
     assert list(tmp_path.iterdir()) == []
 
 
 def test_explicit_missing_path_is_named(tmp_path):
-    with pytest.raises(inception.InceptionWeightsUnavailableError, match="nope.pth"):
-        inception.load_inception_params(tmp_path / "nope.pth")
+    with pytest.raises(inception_weights.InceptionWeightsUnavailableError, match="nope.pth"):
+        inception_weights.load_inception_params(tmp_path / "nope.pth")
 
 
 # ----------------------------------------------------------------------------- numerics

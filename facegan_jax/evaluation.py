@@ -1,17 +1,22 @@
 """Evaluation: generators measured with the metrics of `fid.py`.
 
-This module owns
-metrics on a generator during training and after (FID/KID now; attribute metrics will join):
-the statistics of a generator's images computed in the graph (`generator_stats`,
+This module owns metrics on a generator during training and after: FID/KID
+and the attribute-classifier metrics (`fd_attr`, attribute-control accuracy).
+For FID: the statistics of a generator's images computed in the graph (`generator_stats`,
 sharded over a mesh when given), FID and KID against a reference
 (`evaluate_generator`), the training loop's hook (`make_training_hook`) with its
 real-side reference cached under `workdir.fid_reference_dir`, loading the
 Inception weights without failing a run (`try_load_inception`), and a training
 workdir as a metric source (`workdir_stats`: its latest EMA generator).
+For the attribute metrics (maths in attributes.py): `attribute_metrics` of a
+generator against held-out real features, and the training hook
+`make_attribute_hook` with the real side cached under
+`workdir.attr_reference_dir`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -210,6 +215,22 @@ def make_training_hook(
     return hook
 
 
+def _eval_split(config: Any, batch_size: int) -> Any:
+    """The held-out split in order, whole on every process (so all compute the same statistics)."""
+    from facegan_jax import input_pipeline
+
+    return input_pipeline.create_dataset(
+        config,
+        config.data.eval_split,
+        batch_size=batch_size,
+        shuffle=False,
+        repeat=False,
+        process_index=0,
+        process_count=1,
+        drop_remainder=False,
+    )
+
+
 def _training_reference(config: Any, params: PyTree, workdir: str) -> dict[str, np.ndarray]:
     """Real-side statistics (and features for KID) of the eval split, cached in the workdir."""
     data = config.data
@@ -221,19 +242,7 @@ def _training_reference(config: Any, params: PyTree, workdir: str) -> dict[str, 
     if path.exists():
         with np.load(path) as cached:
             return {k: cached[k] for k in cached.files if k in ("mu", "sigma", "features")}
-    from facegan_jax import input_pipeline
-
-    # Every process reads the whole (small) eval split, so all compute the same statistics.
-    dataset = input_pipeline.create_dataset(
-        config,
-        data.eval_split,
-        batch_size=config.fid.batch_size,
-        shuffle=False,
-        repeat=False,
-        process_index=0,
-        process_count=1,
-        drop_remainder=False,
-    )
+    dataset = _eval_split(config, config.fid.batch_size)
     feats = fid.features_from_images(
         dataset.as_numpy_iterator(),
         params,
@@ -290,3 +299,145 @@ def workdir_stats(
         generate, variables, inception_params, num, batch_size, keep_features=keep_features
     )
     return mu, sigma, n, feats, config
+
+
+# ----------------------------------------------------------------------------- attribute metrics
+def real_attribute_features(
+    config: Any, classifier: Any, num_samples: int, workdir: str | None = None
+) -> np.ndarray:
+    """Classifier features [n, F] of the config's held-out split (cached in `workdir` if given)."""
+    data = config.data
+    name = (
+        f"{data.name}_{data.eval_split}_{data.image_size}px_{data.channels}ch_{data.crop}_"
+        f"n{num_samples}_{_fingerprint(classifier)}.npy"
+    ).replace("/", "_")
+    path = Path(workdir_lib.attr_reference_dir(workdir)) / name if workdir else None
+    if path is not None and path.exists():
+        return np.load(path)
+    from facegan_jax import attributes
+
+    dataset = _eval_split(config, config.attr_eval.batch_size)
+    feats = attributes.collect_features(
+        classifier, (_rgb(b["image"]) for b in dataset.as_numpy_iterator()), num_samples
+    )
+    if path is not None and jax.process_index() == 0:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp.npy")
+        np.save(tmp, feats)
+        os.replace(tmp, path)
+    return feats
+
+
+def _fingerprint(classifier: Any) -> str:
+    """Short id of a classifier (its calibrated thresholds and steps) for cache names."""
+    digest = hashlib.sha256(np.asarray(classifier.threshold_logits, np.float64).tobytes())
+    digest.update(str(classifier.steps).encode())
+    return digest.hexdigest()[:12]
+
+
+def _rgb(images: Any) -> np.ndarray:
+    """Greyscale [B, H, W, 1] -> RGB by repetition; RGB unchanged (the classifier takes RGB)."""
+    images = np.asarray(images, np.float32)
+    return np.repeat(images, 3, axis=-1) if images.shape[-1] == 1 else images
+
+
+def attribute_metrics(
+    generate: Callable[..., jax.Array],
+    gen_variables: PyTree,
+    classifier: Any,
+    real_features: np.ndarray,
+    *,
+    num_samples: int,
+    batch_size: int,
+    pool: np.ndarray | None = None,
+    n_per_side: int = 100,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """fd_attr of a generator and, for conditional ones, attribute-control accuracy.
+
+    Args:
+      generate: `generate(variables, indices[, attributes]) -> images` in [-1, 1].
+      gen_variables: the generator's variables (e.g. the EMA ones).
+      classifier: an `attributes.Classifier`.
+      real_features: classifier features of held-out real images [M, F].
+      num_samples: generated images for fd_attr (indices 0..num_samples-1).
+      batch_size: images per generator call.
+      pool: real attribute vectors [P, 40] for conditional generators, else None.
+      n_per_side: control accuracy: images per attribute forced on (and as many off).
+      seed: draws the control accuracy's vectors and latents.
+
+    Returns:
+      {'fd_attr': float, 'attr_control': {'per_attribute', 'mean', ...} or None}.
+    """
+    from facegan_jax import attributes
+
+    gen = jax.jit(generate)
+    feats = attributes.collect_features(
+        classifier,
+        (
+            _rgb(gen(gen_variables, np.arange(s, min(s + batch_size, num_samples))))
+            for s in range(0, num_samples, batch_size)
+        ),
+    )
+    result: dict[str, Any] = {
+        "fd_attr": attributes.fd_attr(feats, real_features),
+        "attr_control": None,
+    }
+    if pool is not None:
+        result["attr_control"] = attributes.attribute_control(
+            classifier,
+            lambda idx, vec: _rgb(gen(gen_variables, idx, vec)),
+            pool,
+            n_per_side,
+            seed=seed,
+            batch_size=batch_size,
+        )
+    return result
+
+
+def make_attribute_hook(
+    config: Any, generator: Any, pool: np.ndarray | None, workdir: str
+) -> Callable[[Any], dict[str, float]] | None:
+    """The training loop's attribute hook: `hook(state) -> {'eval/fd_attr', 'eval/attr_control'}`.
+
+    Returns None when `config.attr_eval.every_steps` is 0.
+
+    Raises:
+      attributes.ClassifierFileError: naming the file when `config.attr_eval.classifier`
+        is missing or unreadable (a run asked for a metric it cannot compute).
+    """
+    if not config.attr_eval.every_steps:
+        return None
+    from facegan_jax import attributes, sampling
+
+    if not config.attr_eval.classifier:
+        raise ValueError(
+            "config.attr_eval.every_steps is set but config.attr_eval.classifier is not: "
+            "give a classifier folder (python -m data_prep.train_attribute_classifier)"
+        )
+    classifier = attributes.load(config.attr_eval.classifier)
+    real = real_attribute_features(config, classifier, config.attr_eval.num_samples, workdir)
+    generate = sampling.make_generate_fn(generator, config, seed=config.seed, pool=pool)
+
+    def hook(state: Any) -> dict[str, float]:
+        variables = {"params": state.ema_params, **state.ema_vars}
+        result = attribute_metrics(
+            generate,
+            variables,
+            classifier,
+            real,
+            num_samples=config.attr_eval.num_samples,
+            batch_size=config.attr_eval.batch_size,
+            pool=pool,
+            n_per_side=config.attr_eval.n_per_side,
+            seed=config.seed,
+        )
+        scalars = {"eval/fd_attr": result["fd_attr"]}
+        control = result["attr_control"]
+        if control is not None:
+            scalars["eval/attr_control"] = control["mean"]
+            for name, score in control["per_attribute"].items():
+                scalars[f"eval/attr_control/{name}"] = score
+        return scalars
+
+    return hook

@@ -29,7 +29,7 @@ from facegan_jax import sampling, sharding
 from facegan_jax import state as state_lib
 from facegan_jax import train_step as train_step_lib
 from facegan_jax import workdir as workdir_lib
-from facegan_jax.models import build_models, drop_unread_fields
+from facegan_jax.models import build_models, upgrade_model_fields
 
 # The seed of `sample`/evaluation latents: image i of a workdir is the same everywhere.
 SAMPLE_SEED = 0
@@ -139,9 +139,9 @@ def build(config: Any, mesh: Mesh | None = None) -> Components:
 
 
 def read_run_config(workdir: str) -> Any:
-    """A workdir's config, with model fields of older, flat configs dropped (they had no effect)."""
+    """A workdir's config, its model fields upgraded to today's family fields (see models)."""
     config = workdir_lib.read_config(workdir)
-    drop_unread_fields(config)
+    upgrade_model_fields(config)
     return config
 
 

@@ -133,7 +133,7 @@ def test_dcgan_discriminator_honours_d_activation():
     assert not jnp.allclose(outputs["leaky_relu"], outputs["selu"])
 
 
-def test_an_older_flat_workdir_config_drops_the_fields_its_family_never_read(tmp_path):
+def test_an_older_workdir_config_drops_unread_fields_and_fills_new_ones(tmp_path):
     import json
 
     from configs import acgan64
@@ -142,8 +142,10 @@ def test_an_older_flat_workdir_config_drops_the_fields_its_family_never_read(tmp
 
     config = acgan64.get_config("runlocal").to_dict()
     config["model"].update(g_activation="relu", d_activation="leaky_relu", fast_convs=True)
+    del config["model"]["projection"]  # a field added after the run was written
     with open(workdir_lib.config_path(tmp_path), "w") as f:
         json.dump(config, f)
     loaded = components.read_run_config(str(tmp_path))
     assert "d_activation" not in loaded.model and loaded.model.mbstd_group_size == 4
+    assert loaded.model.projection is False
     build_models(loaded)  # builds

@@ -78,19 +78,24 @@ def check_model_fields(config: Any) -> None:
         )
 
 
-def drop_unread_fields(config: ml_collections.ConfigDict) -> list[str]:
-    """Removes `config.model` fields its family does not read; returns their names.
+def upgrade_model_fields(config: ml_collections.ConfigDict) -> list[str]:
+    """Makes an older workdir's `config.model` match its family's fields; returns what changed.
 
     Workdirs written before per-family model configs hold every family's fields in
-    `config.json`; the ones a family did not read never had an effect.
+    `config.json` (the ones a family did not read never had an effect: dropped);
+    fields added to a family since then are filled with their defaults, which are
+    the behaviour the run was trained with.
     """
-    expected = set(model_config(config.model.name).keys())
-    dropped = sorted(set(config.model.keys()) - expected)
-    if dropped:
-        with config.unlocked():
-            for field in dropped:
-                del config.model[field]
-    return dropped
+    defaults = model_config(config.model.name)
+    present = set(config.model.keys())
+    dropped = sorted(present - set(defaults.keys()))
+    added = sorted(set(defaults.keys()) - present)
+    with config.unlocked():
+        for field in dropped:
+            del config.model[field]
+        for field in added:
+            config.model[field] = defaults[field]
+    return [f"-{f}" for f in dropped] + [f"+{f}" for f in added]
 
 
 def build_models(config: Any) -> tuple[nn.Module, nn.Module]:

@@ -1,0 +1,257 @@
+"""Tests of facegan_jax.attributes: balanced accuracy, the classifier, its files, the metrics.
+
+One classifier is trained once per session on a small synthetic_faces
+rendering at 32x32 (through the CLI's `train`, so the data path is the one
+users run) and shared by the tests below.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from data_prep import train_attribute_classifier as cli
+from facegan_jax import attributes
+from facegan_jax.datasets.celeba_attributes import CELEBA_ATTRIBUTES, attribute_index
+
+try:  # the renderer is moving out of the TFDS builder module
+    from facegan_jax.datasets import face_renderer as renderer
+except ImportError:  # pragma: no cover
+    from facegan_jax.datasets import synthetic_faces as renderer
+
+EYEGLASSES = attribute_index("Eyeglasses")
+HAT = attribute_index("Wearing_Hat")
+# Faces the fake generators draw from: indices far from the train split's 0..N-1.
+BANK_START, BANK_SIZE = 10_000_000, 400
+
+
+# ----------------------------------------------------------------------------- fixtures
+@pytest.fixture(scope="session")
+def synth_classifier(tmp_path_factory) -> attributes.Classifier:
+    """A narrow 32x32 classifier trained on 4,000 synthetic faces (~40 s on 2 cores)."""
+    start = time.perf_counter()
+    classifier = cli.train(
+        "synthetic_faces",
+        str(tmp_path_factory.mktemp("tfds")),
+        32,
+        steps=400,
+        batch_size=32,
+        widths=(16, 32, 64),
+        synthetic_num_train=4000,
+        synthetic_num_eval=500,
+        log=lambda line: None,
+    )
+    print(f"trained the synthetic classifier in {time.perf_counter() - start:.1f} s")
+    return classifier
+
+
+@pytest.fixture(scope="session")
+def saved_folder(synth_classifier, tmp_path_factory) -> Path:
+    return synth_classifier.save(tmp_path_factory.mktemp("classifier"))
+
+
+@pytest.fixture(scope="session")
+def bank() -> tuple[np.ndarray, np.ndarray]:
+    """Held-out rendered faces: (images float32 [N, 32, 32, 3] in [-1, 1], attributes [N, 40])."""
+    images, attrs = renderer.render_faces(0, range(BANK_START, BANK_START + BANK_SIZE), 32)
+    return images.astype(np.float32) / 127.5 - 1.0, attrs.astype(np.float32)
+
+
+def _copy(folder: Path, dest: Path) -> Path:
+    dest.mkdir()
+    for f in folder.iterdir():
+        (dest / f.name).write_bytes(f.read_bytes())
+    return dest
+
+
+# ----------------------------------------------------------------------------- maths
+def test_balanced_accuracy_on_hand_made_values():
+    labels = np.array([[1, 1, 1, 0], [1, 0, 1, 0], [0, 0, 1, 0], [0, 0, 1, 0]])
+    predictions = np.array([[1, 0, 1, 1], [0, 0, 1, 0], [0, 1, 0, 0], [0, 0, 1, 0]], bool)
+    got = attributes.balanced_accuracy(labels, predictions)
+    # col 0: TPR 1/2, TNR 2/2; col 1: TPR 0/1, TNR 2/3; cols 2, 3: one class only.
+    np.testing.assert_allclose(got[:2], [0.75, 1 / 3])
+    assert np.isnan(got[2]) and np.isnan(got[3])
+
+
+def test_predicting_all_absent_scores_one_half_whatever_the_prevalence():
+    labels = np.zeros((100, 3))
+    labels[:1, 0], labels[:30, 1], labels[:90, 2] = 1, 1, 1
+    got = attributes.balanced_accuracy(labels, np.zeros_like(labels, bool))
+    np.testing.assert_allclose(got, [0.5, 0.5, 0.5])
+    assert attributes.balanced_accuracy(labels, labels > 0).tolist() == [1.0, 1.0, 1.0]
+    assert float(attributes.balanced_accuracy([1, 0, 0, 1], [1, 1, 0, 0])) == 0.5  # 1-D
+
+
+def test_best_thresholds_maximise_balanced_accuracy():
+    scores = np.array([[0.1, 5.0], [0.4, 5.0], [0.35, 5.0], [0.8, 5.0]])
+    labels = np.array([[0, 1], [0, 0], [1, 1], [1, 0]], bool)
+    thresholds, bacc = attributes.best_thresholds(scores, labels)
+    # Column 0: cutting between 0.35 and 0.4 mistakes only 0.4 (TPR 1, TNR 1/2);
+    # cutting above 0.4 mistakes only 0.35 (TPR 1/2, TNR 1): both 0.75, first wins.
+    assert bacc[0] == 0.75
+    assert 0.1 < thresholds[0] <= 0.35 or 0.4 < thresholds[0] <= 0.8
+    predictions = scores[:, 0] >= thresholds[0]
+    assert attributes.balanced_accuracy(labels[:, 0], predictions) == 0.75
+    assert bacc[1] == 0.5  # tied scores cannot be split
+
+
+def test_pos_weights_upweight_rare_attributes_within_bounds():
+    w = attributes.pos_weights([0.5, 0.01, 0.9, 0.0, 0.2])
+    np.testing.assert_allclose(w, [1.0, np.sqrt(99), 1.0, 1.0, 2.0], rtol=1e-6)
+    assert attributes.pos_weights([1e-6], max_weight=10.0)[0] == 10.0
+
+
+def test_fd_attr_is_zero_for_identical_features_and_grows_with_a_shift():
+    rng = np.random.default_rng(0)
+    feats = rng.normal(size=(500, 16)) * rng.uniform(0.5, 2.0, 16)
+    assert abs(attributes.fd_attr(feats, feats)) < 1e-6
+    shifted = attributes.fd_attr(feats + 0.5, feats)
+    assert shifted == pytest.approx(16 * 0.25, rel=1e-6)  # a pure mean shift: ||d||^2
+    stats = attributes.feature_statistics(feats)
+    assert attributes.fd_attr(feats + 0.5, stats) == pytest.approx(shifted)
+
+
+# ----------------------------------------------------------------------------- classifier
+def test_synthetic_classifier_recognises_eyeglasses_and_hats(synth_classifier):
+    bacc = dict(zip(CELEBA_ATTRIBUTES, synth_classifier.balanced_accuracy))
+    print({k: round(float(v), 3) for k, v in bacc.items() if not np.isnan(v)})
+    assert bacc["Eyeglasses"] >= 0.95
+    assert bacc["Wearing_Hat"] >= 0.95
+    assert np.isnan(bacc["Attractive"])  # never drawn: untestable, not "reliable"
+    reliable = synth_classifier.reliable_attributes()
+    assert {"Eyeglasses", "Wearing_Hat"} <= set(reliable)
+    assert "Attractive" not in reliable
+    assert synth_classifier.val_count == 500
+
+
+def test_classifier_outputs_are_batch_independent(synth_classifier, bank):
+    images = bank[0][:37]
+    probs = synth_classifier.probabilities(images)
+    feats = synth_classifier.features(images)
+    assert probs.shape == (37, 40) and feats.shape == (37, 256)
+    assert np.all((probs >= 0) & (probs <= 1))
+    np.testing.assert_allclose(synth_classifier.probabilities(images[:5]), probs[:5], atol=1e-5)
+    with pytest.raises(ValueError, match="float images"):
+        synth_classifier.features((bank[0][:2] * 127.5 + 127.5).astype(np.uint8))
+
+
+def test_save_load_round_trip_gives_identical_outputs(synth_classifier, saved_folder, bank):
+    loaded = attributes.load(saved_folder)
+    images = bank[0][:64]
+    np.testing.assert_array_equal(
+        loaded.probabilities(images), synth_classifier.probabilities(images)
+    )
+    np.testing.assert_array_equal(loaded.features(images), synth_classifier.features(images))
+    np.testing.assert_array_equal(loaded.threshold_logits, synth_classifier.threshold_logits)
+    np.testing.assert_array_equal(loaded.balanced_accuracy, synth_classifier.balanced_accuracy)
+    assert loaded.reliable_attributes() == synth_classifier.reliable_attributes()
+    config = json.loads((saved_folder / attributes.CONFIG_FILE).read_text())
+    assert config["image_size"] == 32 and config["training_data"] == "synthetic_faces"
+    assert config["steps"] == 400 and config["weights"]["bytes"] > 0
+    assert set(config["balanced_accuracy"]) == set(CELEBA_ATTRIBUTES)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "foreign", "missing", "mismatched"])
+def test_damaged_weights_raise_one_clear_error_naming_the_file(saved_folder, tmp_path, damage):
+    folder = _copy(saved_folder, tmp_path / "clf")
+    weights = folder / attributes.WEIGHTS_FILE
+    data = weights.read_bytes()
+    if damage == "truncated":
+        weights.write_bytes(data[: len(data) // 3])
+    elif damage == "foreign":
+        weights.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 40)
+    elif damage == "missing":
+        weights.unlink()
+    else:  # weights intact, config describes another network
+        config = json.loads((folder / attributes.CONFIG_FILE).read_text())
+        config["widths"] = [w * 2 for w in config["widths"]]
+        (folder / attributes.CONFIG_FILE).write_text(json.dumps(config))
+    with pytest.raises(attributes.ClassifierFileError) as info:
+        attributes.load(folder)
+    message = str(info.value)
+    assert str(weights) in message
+    assert "data_prep.train_attribute_classifier" in message
+    assert isinstance(info.value, ValueError)
+
+
+def test_missing_or_garbled_config_raises_the_same_error(saved_folder, tmp_path):
+    with pytest.raises(attributes.ClassifierFileError, match="file not found"):
+        attributes.load(tmp_path / "nothing_here")
+    folder = _copy(saved_folder, tmp_path / "clf")
+    (folder / attributes.CONFIG_FILE).write_text("<html>quota exceeded</html>")
+    with pytest.raises(attributes.ClassifierFileError, match=attributes.CONFIG_FILE):
+        attributes.load(folder)
+
+
+# ----------------------------------------------------------------------------- metrics
+def _honouring_generator(bank, keys):
+    """A fake conditional generator: a bank face whose `keys` attributes match the request."""
+    images, attrs = bank
+    key_cols = [attribute_index(k) for k in keys]
+
+    def generate(indices, vectors):
+        out = []
+        for index, vector in zip(indices, vectors):
+            match = np.flatnonzero(np.all(attrs[:, key_cols] == vector[key_cols], axis=1))
+            out.append(images[match[int(index) % len(match)]])
+        return np.stack(out)
+
+    return generate
+
+
+def _ignoring_generator(bank):
+    images, _ = bank
+    return lambda indices, vectors: images[np.asarray(indices) % len(images)]
+
+
+def test_attribute_control_is_one_when_honoured_and_one_half_when_ignored(synth_classifier, bank):
+    keys = ("Eyeglasses", "Wearing_Hat")
+    pool = bank[1]
+    honoured = attributes.attribute_control(
+        synth_classifier, _honouring_generator(bank, keys), pool, 64, attributes=keys, seed=1
+    )
+    assert set(honoured["per_attribute"]) == set(keys)
+    assert min(honoured["per_attribute"].values()) >= 0.9
+    assert honoured["mean"] >= 0.95
+    ignored = attributes.attribute_control(
+        synth_classifier, _ignoring_generator(bank), pool, 64, attributes=keys, seed=1
+    )
+    # Paired latents: on and off images are identical, so every score is exactly 0.5.
+    assert ignored["per_attribute"] == {k: 0.5 for k in keys}
+    default = attributes.attribute_control(
+        synth_classifier, _ignoring_generator(bank), pool, 4, seed=1
+    )
+    assert default["attributes"] == synth_classifier.reliable_attributes()
+
+
+def test_fd_attr_on_classifier_features_separates_faces_from_altered_faces(synth_classifier, bank):
+    images = bank[0]
+    real = synth_classifier.features(images[:200])
+    same_kind = synth_classifier.features(images[200:])
+    darker = synth_classifier.features(np.clip(images[200:] - 0.6, -1, 1))
+    # 200 samples of 256-d features: rank-deficient covariances, float64 round-off only.
+    scale = np.trace(attributes.feature_statistics(real)[1])
+    assert abs(attributes.fd_attr(real, real)) < 1e-6 * scale
+    between_halves = attributes.fd_attr(same_kind, real)
+    darkened = attributes.fd_attr(darker, real)
+    assert darkened > 3 * between_halves, (darkened, between_halves)
+
+
+# ----------------------------------------------------------------------------- CLI
+def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
+    assert cli.main(["--data=celeb_b", f"--out={tmp_path / 'x'}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "celeb_b" in err
+    assert (
+        cli.main(["--data=celeba_local", f"--tfds_data_dir={tmp_path}", f"--out={tmp_path}/x"]) == 2
+    )
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "prepare_celeba" in err
+    assert cli.main(["--data=synthetic_faces", "--image_size=48", f"--out={tmp_path}/x"]) == 2
+    assert "power of two" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()

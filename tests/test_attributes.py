@@ -1,14 +1,13 @@
 """Tests of facegan_jax.attributes: balanced accuracy, the classifier, its files, the metrics.
 
 One classifier is trained once per session on a small synthetic_faces
-rendering at 32x32 (through the CLI's `train`, so the data path is the one
-users run) and shared by the tests below.
+rendering at 32x32 (conftest's `synth_classifier`, through the CLI's `train`,
+so the data path is the one users run) and shared by the tests below.
 """
 
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -16,12 +15,8 @@ import pytest
 
 from data_prep import train_attribute_classifier as cli
 from facegan_jax import attributes
+from facegan_jax.datasets import face_renderer as renderer
 from facegan_jax.datasets.celeba_attributes import CELEBA_ATTRIBUTES, attribute_index
-
-try:  # the renderer is moving out of the TFDS builder module
-    from facegan_jax.datasets import face_renderer as renderer
-except ImportError:  # pragma: no cover
-    from facegan_jax.datasets import synthetic_faces as renderer
 
 EYEGLASSES = attribute_index("Eyeglasses")
 HAT = attribute_index("Wearing_Hat")
@@ -30,30 +25,6 @@ BANK_START, BANK_SIZE = 10_000_000, 400
 
 
 # ----------------------------------------------------------------------------- fixtures
-@pytest.fixture(scope="session")
-def synth_classifier(tmp_path_factory) -> attributes.Classifier:
-    """A narrow 32x32 classifier trained on 4,000 synthetic faces (~40 s on 2 cores)."""
-    start = time.perf_counter()
-    classifier = cli.train(
-        "synthetic_faces",
-        str(tmp_path_factory.mktemp("tfds")),
-        32,
-        steps=400,
-        batch_size=32,
-        widths=(16, 32, 64),
-        synthetic_num_train=4000,
-        synthetic_num_eval=500,
-        log=lambda line: None,
-    )
-    print(f"trained the synthetic classifier in {time.perf_counter() - start:.1f} s")
-    return classifier
-
-
-@pytest.fixture(scope="session")
-def saved_folder(synth_classifier, tmp_path_factory) -> Path:
-    return synth_classifier.save(tmp_path_factory.mktemp("classifier"))
-
-
 @pytest.fixture(scope="session")
 def bank() -> tuple[np.ndarray, np.ndarray]:
     """Held-out rendered faces: (images float32 [N, 32, 32, 3] in [-1, 1], attributes [N, 40])."""

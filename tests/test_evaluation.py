@@ -1,0 +1,66 @@
+"""Attribute metrics of generators: the training hook and the evaluate command."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from configs import acgan64, default
+from facegan_jax import components, evaluate_cli, evaluation, train
+
+
+@pytest.fixture(scope="module")
+def acgan_workdir(tmp_path_factory, saved_folder):
+    """A tiny conditional run (6 steps) on the embedded synthetic faces."""
+    workdir = tmp_path_factory.mktemp("acgan_run")
+    config = acgan64.get_config("runlocal")
+    config.data.tfds_data_dir = str(tmp_path_factory.mktemp("tfds"))
+    train.train_and_evaluate(config, str(workdir))
+    return workdir
+
+
+def test_attribute_hook_reports_fd_attr_and_control_per_reliable_attribute(
+    acgan_workdir, saved_folder, synth_classifier
+):
+    config = components.read_run_config(str(acgan_workdir))
+    config.attr_eval.every_steps = 3
+    config.attr_eval.classifier = str(saved_folder)
+    run = components.build(config)
+    pool = components.load_attribute_pool(str(acgan_workdir))
+    hook = evaluation.make_attribute_hook(config, run.generator, pool, str(acgan_workdir))
+    scalars = hook(run.create_state())
+    assert np.isfinite(scalars["eval/fd_attr"]) and scalars["eval/fd_attr"] > 0
+    reliable = synth_classifier.reliable_attributes()
+    per = {k.split("/")[-1]: v for k, v in scalars.items() if k.startswith("eval/attr_control/")}
+    assert set(per) == set(reliable)
+    assert all(0.0 <= v <= 1.0 for v in per.values())
+    np.testing.assert_allclose(scalars["eval/attr_control"], np.mean(list(per.values())))
+
+
+def test_attribute_hook_is_off_by_default_and_needs_a_classifier():
+    config = default.get_config("runlocal")
+    assert evaluation.make_attribute_hook(config, None, None, "/nonexistent") is None
+    config.attr_eval.every_steps = 5
+    with pytest.raises(ValueError, match="config.attr_eval.classifier is not"):
+        evaluation.make_attribute_hook(config, None, None, "/nonexistent")
+
+
+def test_evaluate_cli_prints_the_control_table_and_writes_json(
+    acgan_workdir, saved_folder, tmp_path, capsys
+):
+    out = tmp_path / "m.json"
+    args = [f"--workdir={acgan_workdir}", f"--classifier={saved_folder}", "--num-samples=32"]
+    assert evaluate_cli.main([*args, "--n-per-side=8", "--batch-size=16", f"--json={out}"]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith("fd_attr ") and "attribute control" in text and "  mean " in text
+    metrics = json.loads(out.read_text())
+    assert metrics["fd_attr"] > 0 and 0 <= metrics["attr_control"]["mean"] <= 1
+
+
+def test_evaluate_cli_bad_input_is_one_line_and_exit_2(acgan_workdir, tmp_path, capsys):
+    assert evaluate_cli.main([f"--workdir={acgan_workdir}", f"--classifier={tmp_path}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("evaluate: error:") and "\n" not in err
+    assert evaluate_cli.main([f"--workdir={tmp_path}", f"--classifier={tmp_path}"]) == 2

@@ -89,6 +89,10 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     loss.g_aux_weight = 1.0
     # Attribute BCE over the 40 attributes: 'mean' (the seed) or 'sum' (StarGAN).
     loss.aux_reduction = "mean"
+    # R1 penalty gamma / 2 * E||grad_x D(x)||^2 on real images (Mescheder et al. 2018);
+    # 0 disables. Lazy: applied every `r1_every` steps, scaled by r1_every (StyleGAN2).
+    loss.r1_gamma = 0.0
+    loss.r1_every = 1
 
     # ----------------------------------------------------------- optimizers
     def optimizer(lr: float) -> ml_collections.ConfigDict:
@@ -120,6 +124,9 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     train.n_critic = 1
     # EMA of generator weights for samples and evaluation; 0 disables.
     train.ema_decay = 0.999
+    # DiffAugment (Zhao et al. 2020) of every image D sees, real and fake, in D's and
+    # G's updates: comma-separated 'color', 'translation', 'cutout'; '' disables.
+    train.diffaugment = ""
     # bfloat16 compute with float32 parameters, optimizer state and losses.
     train.mixed_precision = False
 
@@ -141,6 +148,20 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     fid.weights_path = ml_collections.config_dict.placeholder(str)
     # Also compute KID (unbiased, polynomial kernel).
     fid.kid = True
+
+    # ------------------------------------------------------ attribute metrics
+    # With the library's attribute classifier (a folder written by
+    # `python -m data_prep.train_attribute_classifier`), every N steps (0 disables)
+    # and at the end: `eval/fd_attr` (Frechet distance of classifier features,
+    # generated vs held-out real) and, for conditional models, `eval/attr_control`
+    # (mean balanced accuracy of forced attributes the classifier judges reliably).
+    config.attr_eval = attr_eval = ml_collections.ConfigDict()
+    attr_eval.every_steps = 0
+    attr_eval.classifier = ml_collections.config_dict.placeholder(str)
+    attr_eval.num_samples = 1000
+    # Images generated with each attribute forced on (and as many forced off).
+    attr_eval.n_per_side = 100
+    attr_eval.batch_size = 64
 
     if check_variant(variant, __file__) == "runlocal":
         shrink_to_runlocal(config)
@@ -175,4 +196,7 @@ def shrink_to_runlocal(config: ml_collections.ConfigDict) -> ml_collections.Conf
     config.model.d_dim = 8
     config.fid.num_samples = 16
     config.fid.batch_size = 8
+    config.attr_eval.num_samples = 32
+    config.attr_eval.n_per_side = 8
+    config.attr_eval.batch_size = 16
     return config

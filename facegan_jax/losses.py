@@ -15,6 +15,10 @@ Targets: BCE losses take soft targets, which is how one-sided label smoothing
 (real targets drawn from U(low, high), the improved DCGAN's U(0.7, 1.2)) and
 label noise (targets + noise * U(0, 1), the 128x128 Keras write-up) enter.
 The hinge loss ignores targets.
+
+Regulariser: `r1_penalty` is Mescheder et al. 2018's R1, ``gamma / 2 *
+E_x ||grad_x D(x)||^2`` on real images; the train step applies it lazily
+(every `config.loss.r1_every` steps, scaled by that interval, as StyleGAN2).
 """
 
 from __future__ import annotations
@@ -111,6 +115,29 @@ def discriminator_targets(
         t_real = t_real + loss_config.label_noise * jax.random.uniform(k_noise_real, (batch_size,))
         t_fake = t_fake + loss_config.label_noise * jax.random.uniform(k_noise_fake, (batch_size,))
     return t_real, t_fake
+
+
+def r1_penalty(
+    logits_fn: Callable[[jax.Array], jax.Array], images: jax.Array, gamma: float
+) -> jax.Array:
+    """R1 gradient penalty ``gamma / 2 * E_x ||grad_x D(x)||^2`` (Mescheder et al. 2018).
+
+    The gradient is that of ``sum_b D(x_b)`` with respect to the batch, as in
+    StyleGAN2: for a discriminator that scores each image on its own it is
+    exactly the per-image gradient (with BatchNorm in training mode it also
+    holds the terms through the batch statistics).
+
+    Args:
+      logits_fn: images [B, H, W, C] -> real/fake logits [B] (differentiable).
+      images: real images [B, H, W, C].
+      gamma: the penalty weight.
+
+    Returns:
+      Scalar float32 penalty, differentiable in whatever `logits_fn` closes over.
+    """
+    grads = jax.grad(lambda x: logits_fn(x).astype(jnp.float32).sum())(images)  # [B, H, W, C]
+    squared_norms = jnp.square(grads.astype(jnp.float32)).sum(axis=(1, 2, 3))  # [B]
+    return 0.5 * gamma * squared_norms.mean()
 
 
 AUX_REDUCTIONS = ("mean", "sum")

@@ -24,7 +24,23 @@ parameters: they are statistics of the live generator's activations, and the
 EMA of those tracks the activations of the EMA weights far better than a copy
 of the latest ones would. Spectral-norm vectors are copied from the live
 generator: they are power-iteration estimates, not quantities to average.
-With ``ema_decay = 0`` the EMA generator is exactly the live one.
+With ``ema_decay = 0`` the EMA generator is exactly the live one. The warm-up
+is itself a ramp: its averaging window grows with the step (about step / 9
+steps, a half-life of ~8 % of the run, close to StyleGAN2-ADA's ``ema_rampup =
+0.05``) until it reaches ``ema_decay``'s.
+
+Regularisers, each a config field (off by default, so the seed recipes are unchanged):
+
+* ``train.diffaugment`` (DiffAugment, `facegan_jax.augment`): every image D
+  sees, real or fake, in D's update and in G's, goes through the same random
+  differentiable transforms; G's gradient flows back through them. Each D call
+  draws its own transform from ``fold_in(<that call's key>, _AUGMENT_STREAM)``,
+  so switching augmentation on changes no other random draw of the step.
+* ``loss.r1_gamma`` / ``loss.r1_every`` (lazy R1, Mescheder et al. 2018;
+  StyleGAN2's lazy regularisation): on steps where ``step % r1_every == 0``
+  each D update adds ``r1_every * gamma / 2 * E ||grad_x D(x)||^2`` on its real
+  batch (through the augmentation, as StyleGAN2-ADA does), so the penalty's
+  average weight is ``gamma`` at 1/r1_every of its cost. Logged as ``d_r1``.
 """
 
 from __future__ import annotations
@@ -37,6 +53,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from facegan_jax import augment as augment_lib
 from facegan_jax import losses
 from facegan_jax.state import GanState
 
@@ -46,6 +63,8 @@ Metrics = dict[str, jax.Array]
 
 SCHEDULES = ("alternating", "simultaneous")
 _MUTABLE = ["batch_stats", "spectral"]
+# fold_in constant of the DiffAugment draws ("AUG"): a stream of its own, see the docstring.
+_AUGMENT_STREAM = 0x415547
 
 
 def ema_decay_at(step: jax.Array, ema_decay: float) -> jax.Array:
@@ -73,7 +92,10 @@ def update_ema(state: GanState, ema_decay: float) -> GanState:
 
 
 def validate_schedule(config: Any) -> None:
-    """Raises a ValueError naming the field if the update schedule is not usable."""
+    """Raises a ValueError naming the field if the step's settings are not usable.
+
+    Checks the update schedule, `n_critic`, the DiffAugment policy and the R1 fields.
+    """
     if config.train.schedule not in SCHEDULES:
         raise ValueError(
             f"config.train.schedule={config.train.schedule!r} is not known; known: {SCHEDULES}"
@@ -84,6 +106,12 @@ def validate_schedule(config: Any) -> None:
         raise ValueError(
             "config.train.n_critic must be 1 with config.train.schedule='simultaneous'"
         )
+    augment_lib.parse_policy(config.train.get("diffaugment", ""))
+    r1_gamma, r1_every = config.loss.get("r1_gamma", 0.0), config.loss.get("r1_every", 1)
+    if not r1_gamma >= 0:
+        raise ValueError(f"config.loss.r1_gamma={r1_gamma} must be >= 0 (0 disables R1)")
+    if int(r1_every) != r1_every or r1_every < 1:
+        raise ValueError(f"config.loss.r1_every={r1_every} must be an integer >= 1")
 
 
 def make_train_step(
@@ -108,6 +136,10 @@ def make_train_step(
     aux_on_fake = config.loss.aux_on_fake
     z_dim = config.model.z_dim
     ema_decay = config.train.ema_decay
+    # .get: configs saved before these fields existed mean "off".
+    augment = augment_lib.make_augment(config.train.get("diffaugment", ""))
+    r1_gamma = float(config.loss.get("r1_gamma", 0.0))
+    r1_every = int(config.loss.get("r1_every", 1))
 
     def g_apply(g_params: PyTree, g_vars: PyTree, z: jax.Array, attrs: jax.Array | None):
         images, updates = generator.apply(
@@ -126,6 +158,31 @@ def make_train_step(
             rngs={"dropout": key},
         )
         return logits, attr_logits, {**d_vars, **updates}
+
+    def d_apply_augmented(d_params, d_vars, images, attrs, key: jax.Array):
+        """`d_apply` on DiffAugmented images (the transform drawn from `key`'s own stream)."""
+        if augment is not None:
+            images = augment(jax.random.fold_in(key, _AUGMENT_STREAM), images)
+        return d_apply(d_params, d_vars, images, attrs, key)
+
+    def r1_term(d_params, d_vars, real, real_attrs, key, step):
+        """The lazy R1 term of one D update: r1_every * R1 on R1 steps, else 0 (not computed).
+
+        Uses the same augmentation and dropout draws as the update's real pass; its
+        BatchNorm statistics updates are discarded (the real pass already made them).
+        """
+
+        def penalty(params):
+            def logits_fn(images):
+                return d_apply_augmented(params, d_vars, images, real_attrs, key)[0]
+
+            return r1_every * losses.r1_penalty(logits_fn, real, r1_gamma)
+
+        if r1_every == 1:
+            return penalty(d_params)
+        return jax.lax.cond(
+            step % r1_every == 0, penalty, lambda _: jnp.zeros((), jnp.float32), d_params
+        )
 
     def d_loss_from_logits(real_out, fake_out, targets, real_attrs, fake_attrs):
         real_logits, real_attr_logits = real_out
@@ -163,14 +220,19 @@ def make_train_step(
         targets = losses.discriminator_targets(k_t, real.shape[0], config.loss)
 
         def loss_fn(d_params):
-            r_logits, r_attr, d_vars = d_apply(d_params, state.d_vars, real, real_attrs, k_real)
-            f_logits, f_attr, d_vars = d_apply(d_params, d_vars, fake, fake_attrs, k_fake)
+            r_logits, r_attr, d_vars = d_apply_augmented(
+                d_params, state.d_vars, real, real_attrs, k_real
+            )
+            f_logits, f_attr, d_vars = d_apply_augmented(d_params, d_vars, fake, fake_attrs, k_fake)
             loss = d_loss_from_logits(
                 (r_logits, r_attr), (f_logits, f_attr), targets, real_attrs, fake_attrs
             )
-            return loss, (d_vars, r_logits, f_logits, r_attr)
+            r1 = jnp.zeros((), jnp.float32)
+            if r1_gamma:
+                r1 = r1_term(d_params, state.d_vars, real, real_attrs, k_real, state.step)
+            return loss + r1, (d_vars, r_logits, f_logits, r_attr, loss, r1)
 
-        (loss, (d_vars, r_logits, f_logits, r_attr)), grads = jax.value_and_grad(
+        (_, (d_vars, r_logits, f_logits, r_attr, loss, r1)), grads = jax.value_and_grad(
             loss_fn, has_aux=True
         )(state.d_params)
         updates, d_opt_state = d_tx.update(grads, state.d_opt_state, state.d_params)
@@ -185,6 +247,8 @@ def make_train_step(
             "d_fake": jax.nn.sigmoid(f_logits).mean(),
             "d_grad_norm": optax.global_norm(grads),
         }
+        if r1_gamma:
+            metrics["d_r1"] = r1
         if conditional:
             metrics["d_attr_acc_real"] = ((r_attr > 0) == (real_attrs > 0.5)).mean()
         return state, metrics
@@ -228,7 +292,7 @@ def make_train_step(
             state, metrics = d_update(state, real, real_attrs, fake, fake_attrs, keys[2 * i + 1])
 
         def g_loss_fn(fake_images):
-            f_logits, f_attr, d_vars = d_apply(
+            f_logits, f_attr, d_vars = d_apply_augmented(
                 state.d_params, state.d_vars, fake_images, fake_attrs, keys[-1]
             )
             return g_loss_from_logits((f_logits, f_attr), fake_attrs), d_vars
@@ -251,8 +315,12 @@ def make_train_step(
         )
 
         def d_outputs(d_params, fake_images):
-            r_logits, r_attr, d_vars = d_apply(d_params, state.d_vars, real, real_attrs, k_real)
-            f_logits, f_attr, d_vars = d_apply(d_params, d_vars, fake_images, fake_attrs, k_fake)
+            r_logits, r_attr, d_vars = d_apply_augmented(
+                d_params, state.d_vars, real, real_attrs, k_real
+            )
+            f_logits, f_attr, d_vars = d_apply_augmented(
+                d_params, d_vars, fake_images, fake_attrs, k_fake
+            )
             return ((r_logits, r_attr), (f_logits, f_attr)), d_vars
 
         outs, d_vjp, d_vars = jax.vjp(d_outputs, state.d_params, fake, has_aux=True)
@@ -263,6 +331,11 @@ def make_train_step(
         d_grads, _ = d_vjp(d_cot)
         _, fake_grad = d_vjp(g_cot)
         (g_grads,) = g_vjp(fake_grad)
+        if r1_gamma:
+            r1, r1_grads = jax.value_and_grad(r1_term)(
+                state.d_params, state.d_vars, real, real_attrs, k_real, state.step
+            )
+            d_grads = jax.tree.map(jnp.add, d_grads, r1_grads)
         d_updates, d_opt_state = d_tx.update(d_grads, state.d_opt_state, state.d_params)
         state = state.replace(
             d_params=optax.apply_updates(state.d_params, d_updates),
@@ -279,6 +352,8 @@ def make_train_step(
             "d_grad_norm": optax.global_norm(d_grads),
             "g_grad_norm": optax.global_norm(g_grads),
         }
+        if r1_gamma:
+            metrics["d_r1"] = r1
         if conditional:
             metrics["d_attr_acc_real"] = ((r_attr > 0) == (real_attrs > 0.5)).mean()
         return state, metrics

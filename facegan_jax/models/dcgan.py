@@ -12,6 +12,10 @@ Owns the DCGAN family of the model registry (`config.model.name = 'dcgan'`):
   optional Dropout after each block (improved DCGAN), and a 4x4 valid conv to
   one logit. The seeds end D with a sigmoid + BCELoss; we return the logit and
   the losses use log-sigmoid, which is the same maths without the overflow.
+  With `d_spectral_norm` every D conv is spectrally normalised (SNGAN's
+  "standard CNN" discriminator, Miyato et al. 2018) and D has no BatchNorm
+  (SN bounds each layer's Lipschitz constant, which a BatchNorm after it would
+  undo); the stride-2 convs keep the fast formulation.
 
 Widths follow the seeds: the last G layer / first D layer has `g_dim` / `d_dim`
 channels and each resolution step doubles it (64x64 with 64: 512-256-128-64,
@@ -30,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from facegan_jax.models import compute_dtype, require_unconditional
+from facegan_jax.models import compute_dtype, layers, require_unconditional
 
 Dtype = Any
 _INIT = nn.initializers.normal(stddev=0.02)
@@ -118,6 +122,51 @@ def conv_stride_2(
         kernel_init=kernel_init,
         dtype=dtype,
     )
+
+
+class SNConvStride2(nn.Module):
+    """`conv_stride_2` with a spectrally normalised kernel: `layers.SNConv`'s maths.
+
+    The kernel ``[4, 4, cin, features]`` is divided by `layers.spectral_sigma`,
+    its vector ``u`` (``'spectral'`` collection) advanced by one power iteration
+    when `update_stats` and the collection is mutable, exactly as `layers.SNConv`
+    does; the convolution itself is `fast_conv.conv_stride2` (or the plain
+    strided conv), whose input gradient XLA:CPU runs faster than SNConv's.
+    """
+
+    features: int
+    fast: bool = True
+    kernel_init: Any = _INIT
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, update_stats: bool) -> jax.Array:
+        """x [B, H, W, cin] -> [B, H/2, W/2, features]."""
+        kernel = self.param(
+            "kernel", self.kernel_init, (4, 4, x.shape[-1], self.features), jnp.float32
+        )  # [4, 4, cin, features]
+        u_var = self.variable(
+            layers.SPECTRAL_COLLECTION,
+            "u",
+            lambda: _unit(jax.random.normal(self.make_rng("params"), (self.features,))),
+        )
+        u = u_var.value
+        if update_stats and self.is_mutable_collection(layers.SPECTRAL_COLLECTION):
+            u = layers.power_iteration(kernel, u, 1)
+            u_var.value = u
+        kernel = (kernel / layers.spectral_sigma(kernel, u)).astype(self.dtype)
+        x = x.astype(self.dtype)
+        if self.fast:
+            from facegan_jax.models.fast_conv import conv_stride2
+
+            return conv_stride2(x, kernel)
+        return jax.lax.conv_general_dilated(
+            x, kernel, (2, 2), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC")
+        )
+
+
+def _unit(v: jax.Array) -> jax.Array:
+    return v / jnp.maximum(jnp.linalg.norm(v), 1e-12)
 
 
 def upsample_to_image(
@@ -208,6 +257,7 @@ class Discriminator(nn.Module):
     leaky_slope: float = 0.2
     dropout: float = 0.0
     fast_convs: bool = True
+    spectral_norm: bool = False
     dtype: Dtype = jnp.float32
 
     @nn.compact
@@ -217,18 +267,28 @@ class Discriminator(nn.Module):
         x = images.astype(self.dtype)
         width = self.base_dim
         for i in range(steps):
-            x = conv_stride_2(width, fast=self.fast_convs, kernel_init=_INIT, dtype=self.dtype)(
-                x
-            )  # [B, H/2, W/2, width]
-            if i > 0:
-                x = _batch_norm(train, self.dtype)(x)
+            if self.spectral_norm:
+                x = SNConvStride2(width, fast=self.fast_convs, dtype=self.dtype)(
+                    x, update_stats=train
+                )  # [B, H/2, W/2, width]
+            else:
+                x = conv_stride_2(width, fast=self.fast_convs, kernel_init=_INIT, dtype=self.dtype)(
+                    x
+                )  # [B, H/2, W/2, width]
+                if i > 0:
+                    x = _batch_norm(train, self.dtype)(x)
             x = act(x)
             if self.dropout > 0:
                 x = nn.Dropout(self.dropout, deterministic=not train)(x)
             width *= 2
-        x = nn.Conv(
-            1, (4, 4), padding="VALID", use_bias=False, kernel_init=_INIT, dtype=self.dtype
-        )(x)  # [B, 1, 1, 1]
+        if self.spectral_norm:
+            x = layers.SNConv(
+                1, (4, 4), padding="VALID", use_bias=False, kernel_init=_INIT, dtype=self.dtype
+            )(x, update_stats=train)  # [B, 1, 1, 1]
+        else:
+            x = nn.Conv(
+                1, (4, 4), padding="VALID", use_bias=False, kernel_init=_INIT, dtype=self.dtype
+            )(x)  # [B, 1, 1, 1]
         return x.reshape(x.shape[0]).astype(jnp.float32), None
 
 
@@ -249,6 +309,8 @@ def default_config() -> ml_collections.ConfigDict:
             leaky_slope=0.2,
             # Dropout after each D block (improved DCGAN); 0 disables.
             d_dropout=0.0,
+            # Spectral norm on every D conv, and no BatchNorm in D (SNGAN's standard CNN D).
+            d_spectral_norm=False,
             # Exact fast formulations of the k4 s2 (transposed) convs (models/fast_conv.py).
             fast_convs=True,
         )
@@ -276,6 +338,7 @@ def build(config: Any) -> tuple[nn.Module, nn.Module]:
         leaky_slope=m.leaky_slope,
         dropout=m.d_dropout,
         fast_convs=m.fast_convs,
+        spectral_norm=m.d_spectral_norm,
         dtype=dtype,
     )
     return generator, discriminator

@@ -35,8 +35,14 @@ DIRECTIONS_FILE = "directions.npz"
 REPORT_DIR = "report"
 
 
+def resolve(workdir: str | os.PathLike) -> str:
+    """An absolute local path, or a URL (`gs://bucket/run`) unchanged."""
+    workdir = os.fspath(workdir)
+    return workdir if "://" in workdir else os.path.abspath(workdir)
+
+
 def _join(workdir: str | os.PathLike, *names: str) -> str:
-    return os.path.join(os.path.abspath(os.fspath(workdir)), *names)
+    return "/".join([resolve(workdir).rstrip("/"), *names])
 
 
 def config_path(workdir: str | os.PathLike) -> str:

@@ -151,7 +151,15 @@ def prepare_builder(
     )
     builder = SyntheticFaces(config=config, data_dir=data_dir)
     if not builder.is_prepared():
-        builder.download_and_prepare(
-            download_config=tfds.download.DownloadConfig(try_download_gcs=False)
-        )
+        try:
+            builder.download_and_prepare(
+                download_config=tfds.download.DownloadConfig(try_download_gcs=False)
+            )
+        except Exception:
+            # Several processes on one data_dir (multi-host on a shared disk) render at
+            # once; the first to finish renames its folder into place and the others'
+            # renames fail. Their data is identical: use the one that landed.
+            builder = SyntheticFaces(config=config, data_dir=data_dir)
+            if not builder.is_prepared():
+                raise
     return builder

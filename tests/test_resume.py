@@ -1,0 +1,100 @@
+"""Exact resume: a run SIGKILLed after a checkpoint, then restarted, ends bit-identical."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+from jax.experimental.compilation_cache import compilation_cache
+
+from facegan_jax import checkpointing, components, train
+from tests.helpers import load_config_file
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+TOTAL_STEPS = 12
+# sample_every_steps=1 renders a grid every step: slow enough to be killed mid-run.
+OVERRIDES = (
+    f"--config.total_steps={TOTAL_STEPS}",
+    "--config.checkpoint_every_steps=4",
+    "--config.log_every_steps=1",
+    "--config.sample_every_steps=1",
+)
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    """One compilation cache for this process and its subprocesses (XLA:CPU compiles take ~20 s)."""
+    path = tmp_path_factory.getbasetemp() / "jax_cache"
+    names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs")
+    before = {name: getattr(jax.config, name) for name in names}
+    jax.config.update(names[0], str(path))
+    jax.config.update(names[1], 0)
+    compilation_cache.reset_cache()
+    yield path
+    for name, value in before.items():
+        jax.config.update(name, value)
+    compilation_cache.reset_cache()
+
+
+def _final_state(workdir: Path, config):
+    manager = checkpointing.create_manager(str(workdir))
+    assert manager.latest_step() == TOTAL_STEPS
+    return jax.device_get(checkpointing.restore(manager, components.build(config).abstract_state()))
+
+
+def test_a_killed_and_restarted_run_ends_bit_identical_to_an_uninterrupted_one(tmp_path, cache_dir):
+    tfds = tmp_path / "tfds"
+    overrides = (*OVERRIDES, f"--config.data.tfds_data_dir={tfds}")
+    config = load_config_file("configs/default.py:runlocal", *overrides)
+
+    # The uninterrupted run, in this process (its compiled steps go to the shared cache).
+    reference = tmp_path / "reference"
+    train.train_and_evaluate(config, str(reference))
+
+    command = [
+        sys.executable,
+        "-m",
+        "facegan_jax.main",
+        "--config=configs/default.py:runlocal",
+        f"--workdir={tmp_path / 'killed'}",
+        *overrides,
+    ]
+    env = {
+        **os.environ,
+        "JAX_COMPILATION_CACHE_DIR": str(cache_dir),
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+    }
+    first = tmp_path / "killed" / "checkpoints" / "4"
+    proc = subprocess.Popen(
+        command, cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    deadline = time.monotonic() + 300
+    while not first.is_dir() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, stderr.decode()[-3000:]
+    killed_at = checkpointing.create_manager(str(tmp_path / "killed")).latest_step()
+    assert killed_at is not None and killed_at < TOTAL_STEPS
+
+    restarted = subprocess.run(
+        command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert restarted.returncode == 0, restarted.stderr[-3000:]
+    assert "Resumed from checkpoint step" in restarted.stderr
+
+    want = _final_state(reference, config)
+    got = _final_state(tmp_path / "killed", config)
+    assert int(got.examples_seen) == int(want.examples_seen) == TOTAL_STEPS * 8
+    leaves_want = jax.tree_util.tree_flatten_with_path(want)[0]
+    leaves_got = jax.tree_util.tree_flatten_with_path(got)[0]
+    assert [p for p, _ in leaves_want] == [p for p, _ in leaves_got]
+    for (path, a), (_, b) in zip(leaves_want, leaves_got, strict=True):
+        np.testing.assert_array_equal(a, b, err_msg=jax.tree_util.keystr(path))

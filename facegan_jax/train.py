@@ -239,6 +239,17 @@ def _validate_config(config: Any) -> None:
             raise ValueError(f"config.{name}={config[name]} must be >= 1")
     if config.fid.every_steps < 0:
         raise ValueError(f"config.fid.every_steps={config.fid.every_steps} must be >= 0 (0: off)")
+    if config.attr_eval.every_steps < 0:
+        raise ValueError(
+            f"config.attr_eval.every_steps={config.attr_eval.every_steps} must be >= 0 (0: off)"
+        )
+    if config.attr_eval.every_steps:
+        folder = config.attr_eval.classifier
+        if not folder or not os.path.isfile(os.path.join(folder, "classifier.json")):
+            raise ValueError(
+                f"config.attr_eval.classifier={folder!r} is not an attribute classifier folder; "
+                "train one with `python -m data_prep.train_attribute_classifier --out FOLDER`"
+            )
     if config.train.batch_size < 1:
         raise ValueError(f"config.train.batch_size={config.train.batch_size} must be >= 1")
     if not 0 <= config.train.ema_decay < 1:
@@ -402,13 +413,34 @@ class ControlSampler:
         return path
 
 
-def _make_fid_hook(config: Any, generator: Any, pool: np.ndarray | None, workdir: str):
-    """Returns `fid_hook(state) -> dict` or None when FID is off or its weights are unavailable."""
-    if not config.fid.every_steps:
-        return None
+def _make_eval_hooks(
+    config: Any, generator: Any, pool: np.ndarray | None, workdir: str
+) -> list[tuple[int, Any]]:
+    """(every_steps, hook(state) -> scalars) for FID/KID and the attribute metrics that are on.
+
+    The FID hook is left out, after one warning, when the Inception weights are unavailable.
+    """
     from facegan_jax import evaluation
 
-    return evaluation.make_training_hook(config, generator, pool, workdir)
+    hooks = []
+    if config.fid.every_steps:
+        fid_hook = evaluation.make_training_hook(config, generator, pool, workdir)
+        if fid_hook is not None:
+            hooks.append((config.fid.every_steps, fid_hook))
+    if config.attr_eval.every_steps:
+        attr_hook = evaluation.make_attribute_hook(config, generator, pool, workdir)
+        hooks.append((config.attr_eval.every_steps, attr_hook))
+    return hooks
+
+
+def _write_report(workdir: str) -> None:
+    """The run's pictures (report/): a report never fails a finished run."""
+    from facegan_jax import report
+
+    try:
+        report.write_report(workdir)
+    except (OSError, ImportError, ValueError) as e:
+        logging.warning("report not written: %s", errors.one_line(e))
 
 
 # ------------------------------------------------------------------------------- loop
@@ -474,7 +506,7 @@ def train_and_evaluate(config: Any, workdir: str) -> state_lib.GanState:
     )
     pool = load_attribute_pool(config, workdir)
     control = ControlSampler(config, run.generator, pool, workdir)
-    fid_hook = _make_fid_hook(config, run.generator, pool, workdir)
+    eval_hooks = _make_eval_hooks(config, run.generator, pool, workdir)
 
     train_step = run.train_step
     progress = Progress(config.total_steps, step_examples)
@@ -514,8 +546,9 @@ def train_and_evaluate(config: Any, workdir: str) -> state_lib.GanState:
                     manager.finish_if_done()
                 if every(config.sample_every_steps):
                     control(state, step, writer)
-                if fid_hook is not None and every(config.fid.every_steps):
-                    writer.write_scalars(step, fid_hook(state))
+                for every_steps, hook in eval_hooks:
+                    if every(every_steps):
+                        writer.write_scalars(step, hook(state))
                 if every(config.checkpoint_every_steps):
                     window.check_finite(manager)
                     checkpointing.save(manager, state)
@@ -525,10 +558,12 @@ def train_and_evaluate(config: Any, workdir: str) -> state_lib.GanState:
         raise
     writer.flush()
     if jax.process_index() == 0:
+        _write_report(workdir)
         logging.info(
-            "Done at step %d. Samples: %s  Logs (TensorBoard): %s  Checkpoints: %s",
+            "Done at step %d. Samples: %s  Report: %s  Logs (TensorBoard): %s  Checkpoints: %s",
             step,
             control.dir,
+            workdir_lib.report_dir(workdir),
             workdir,
             manager.directory,
         )

@@ -13,12 +13,35 @@ from facegan_jax import components, evaluate_cli, evaluation, train
 
 @pytest.fixture(scope="module")
 def acgan_workdir(tmp_path_factory, saved_folder):
-    """A tiny conditional run (6 steps) on the embedded synthetic faces."""
+    """A tiny conditional run (6 steps) on the embedded synthetic faces, attribute metrics on."""
     workdir = tmp_path_factory.mktemp("acgan_run")
     config = acgan64.get_config("runlocal")
     config.data.tfds_data_dir = str(tmp_path_factory.mktemp("tfds"))
+    config.attr_eval.every_steps = 3
+    config.attr_eval.classifier = str(saved_folder)
     train.train_and_evaluate(config, str(workdir))
     return workdir
+
+
+def test_training_logs_attribute_metrics_and_writes_the_report(acgan_workdir):
+    from facegan_jax import report
+
+    scalars = report.read_scalars(acgan_workdir)
+    for tag in ("eval/fd_attr", "eval/attr_control", "eval/attr_control/Eyeglasses"):
+        assert scalars[tag].steps.tolist() == [3, 6], tag
+    assert all(0 <= v <= 1 for v in scalars["eval/attr_control"].values)
+    for name in ("curves.png", "progress.gif", "index.html"):
+        assert (acgan_workdir / "report" / name).stat().st_size > 0, name
+
+
+def test_training_with_attribute_metrics_but_no_classifier_is_a_config_error(tmp_path):
+    from facegan_jax import errors
+
+    config = acgan64.get_config("runlocal")
+    config.attr_eval.every_steps = 3
+    with pytest.raises(errors.ConfigError, match="config.attr_eval.classifier=None"):
+        train.train_and_evaluate(config, str(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
 
 
 def test_attribute_hook_reports_fd_attr_and_control_per_reliable_attribute(

@@ -65,16 +65,7 @@ def compute_reference_stats(
 
     weights_path = inception_weights.resolve_weights_path(weights)
     params = inception_weights.load_inception_params(weights_path)
-    dataset = input_pipeline.create_dataset(
-        config,
-        split,
-        batch_size=batch_size,
-        shuffle=False,
-        repeat=False,
-        process_index=0,
-        process_count=1,
-        drop_remainder=False,
-    )
+    dataset = input_pipeline.ordered_dataset(config, split, batch_size)
     mu, sigma, n = fid.compute_stats_from_images(
         dataset.as_numpy_iterator(),
         params,

@@ -97,16 +97,7 @@ def load_split(config: Any, split: str, max_examples: int = 0) -> tuple[np.ndarr
     """
     from facegan_jax import input_pipeline
 
-    ds = input_pipeline.create_dataset(
-        config,
-        split,
-        batch_size=LOAD_BATCH,
-        shuffle=False,
-        repeat=False,
-        process_index=0,
-        process_count=1,
-        drop_remainder=False,
-    )
+    ds = input_pipeline.ordered_dataset(config, split, LOAD_BATCH)
     if max_examples:
         ds = ds.unbatch().take(max_examples).batch(LOAD_BATCH)
     images, labels = [], []

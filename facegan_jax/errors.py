@@ -85,6 +85,24 @@ def report(exc: BaseException, *, verbose: bool = False, stream: TextIO | None =
     return getattr(exc, "exit_code", EXIT_FAILURE)
 
 
+def run_command(prog: str, command: Callable[[], None]) -> int:
+    """Runs a command's body; a user mistake or run fault becomes `prog: error: <one line>`.
+
+    Args:
+      prog: the command's name for the message (`fid`, `report`, ...).
+      command: the body; raises ValueError/OSError/FaceganError on bad input.
+
+    Returns:
+      0, or the error's exit code (`EXIT_USAGE` unless the error carries its own).
+    """
+    try:
+        command()
+    except (ValueError, OSError, FaceganError) as e:
+        print(f"{prog}: error: {one_line(e)}", file=sys.stderr)
+        return getattr(e, "exit_code", EXIT_USAGE)
+    return 0
+
+
 def wants_verbose(argv: Sequence[str]) -> bool:
     """Whether `--verbose` is on the command line (for errors raised before flags are parsed)."""
     verbose = False

@@ -49,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         classifier = attributes.load(args.classifier)
         generate, variables, config = components.load_generator(args.workdir, step=args.step)
+        generate = generate.as_batched()  # metrics: the fast batched path
         pool = components.load_attribute_pool(args.workdir) if config.model.num_attributes else None
         real = evaluation.real_attribute_features(
             config, classifier, args.num_samples, args.workdir

@@ -191,7 +191,9 @@ def make_training_hook(
     mesh = sharding.create_mesh()
     params = jax.device_put(params, sharding.replicated(mesh))
     reference = _training_reference(config, params, workdir)
-    generate = sampling.make_generate_fn(generator, config, seed=config.seed, pool=pool)
+    # Metrics average thousands of images: the batched path (one generator call per
+    # batch), not `sample`'s bit-reproducible batch-1 path, which serialises a GPU.
+    generate = sampling.make_batched_generate_fn(generator, config, seed=config.seed, pool=pool)
     features_fn = fid.generator_features_fn(generate, True, mesh)
 
     def hook(state: Any) -> dict[str, float]:
@@ -219,16 +221,7 @@ def _eval_split(config: Any, batch_size: int) -> Any:
     """The held-out split in order, whole on every process (so all compute the same statistics)."""
     from facegan_jax import input_pipeline
 
-    return input_pipeline.create_dataset(
-        config,
-        config.data.eval_split,
-        batch_size=batch_size,
-        shuffle=False,
-        repeat=False,
-        process_index=0,
-        process_count=1,
-        drop_remainder=False,
-    )
+    return input_pipeline.ordered_dataset(config, config.data.eval_split, batch_size)
 
 
 def _training_reference(config: Any, params: PyTree, workdir: str) -> dict[str, np.ndarray]:
@@ -294,6 +287,7 @@ def workdir_stats(
     from facegan_jax import components
 
     generate, variables, config = components.load_generator(os.fspath(workdir))
+    generate = generate.as_batched()  # metrics: the fast path (see make_training_hook)
     num = num_samples or config.fid.num_samples
     mu, sigma, n, feats = generator_stats(
         generate, variables, inception_params, num, batch_size, keep_features=keep_features
@@ -417,7 +411,9 @@ def make_attribute_hook(
         )
     classifier = attributes.load(config.attr_eval.classifier)
     real = real_attribute_features(config, classifier, config.attr_eval.num_samples, workdir)
-    generate = sampling.make_generate_fn(generator, config, seed=config.seed, pool=pool)
+    # Metrics average thousands of images: the batched path (one generator call per
+    # batch), not `sample`'s bit-reproducible batch-1 path, which serialises a GPU.
+    generate = sampling.make_batched_generate_fn(generator, config, seed=config.seed, pool=pool)
 
     def hook(state: Any) -> dict[str, float]:
         variables = {"params": state.ema_params, **state.ema_vars}

@@ -173,12 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     """
     runtime.setup(tensorflow=False)  # the command never touches TensorFlow: don't import it
     args = _parse_args(argv)
-    try:
-        run(args)
-    except (ValueError, OSError, errors.FaceganError) as e:
-        print(f"{PROG}: error: {errors.one_line(e)}", file=sys.stderr)
-        return getattr(e, "exit_code", errors.EXIT_USAGE)
-    return 0
+    return errors.run_command(PROG, lambda: run(args))
 
 
 if __name__ == "__main__":

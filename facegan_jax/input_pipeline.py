@@ -330,6 +330,26 @@ def create_dataset(
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
+def ordered_dataset(
+    config: ml_collections.ConfigDict, split: str, batch_size: int
+) -> tf.data.Dataset:
+    """All of `split` once, in file order, on every process: for statistics and evaluation.
+
+    Every process reads the whole (held-out, small) split, so all of them compute the
+    same statistics; the last batch may be partial.
+    """
+    return create_dataset(
+        config,
+        split,
+        batch_size=batch_size,
+        shuffle=False,
+        repeat=False,
+        process_index=0,
+        process_count=1,
+        drop_remainder=False,
+    )
+
+
 def device_put_batches(
     iterator: Iterable[Mapping[str, Any]],
     mesh_sharding: jax.sharding.NamedSharding,

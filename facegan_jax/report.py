@@ -544,16 +544,7 @@ def _dataset_batches(config: Any, split: str, batch_size: int) -> Any:
     """Batches of `split` in file order (no shuffle, one pass, one process's view of all)."""
     from facegan_jax import input_pipeline
 
-    dataset = input_pipeline.create_dataset(
-        config,
-        split,
-        batch_size=batch_size,
-        shuffle=False,
-        repeat=False,
-        drop_remainder=False,
-        process_index=0,
-        process_count=1,
-    )
+    dataset = input_pipeline.ordered_dataset(config, split, batch_size)
     for batch in dataset.as_numpy_iterator():
         yield np.asarray(batch["image"], np.float32)
 

@@ -118,12 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     """
     args = _parse_args(argv)  # first: --help and flag mistakes need no TensorFlow
     runtime.setup()  # the memorisation check reads the dataset through tf.data
-    try:
-        run(args)
-    except (ValueError, OSError, errors.FaceganError) as e:
-        print(f"{PROG}: error: {errors.one_line(e)}", file=sys.stderr)
-        return getattr(e, "exit_code", errors.EXIT_USAGE)
-    return 0
+    return errors.run_command(PROG, lambda: run(args))
 
 
 if __name__ == "__main__":

@@ -113,3 +113,25 @@ def synth_classifier(tmp_path_factory) -> Any:
 @pytest.fixture(scope="session")
 def saved_folder(synth_classifier, tmp_path_factory) -> Path:
     return synth_classifier.save(tmp_path_factory.mktemp("classifier"))
+
+
+@pytest.fixture(scope="module")
+def shared_compilation_cache(tmp_path_factory):
+    """A persistent JAX compilation cache shared by the modules that use it; yields its folder.
+
+    The robustness tests compile the same runlocal train step in several processes
+    and modules; XLA:CPU takes ~20 s per compile on 2 cores, the cache ~2 s.
+    """
+    import jax
+    from jax.experimental.compilation_cache import compilation_cache
+
+    names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs")
+    before = {name: getattr(jax.config, name) for name in names}
+    path = tmp_path_factory.getbasetemp() / "jax_cache"
+    jax.config.update(names[0], str(path))
+    jax.config.update(names[1], 0)
+    compilation_cache.reset_cache()
+    yield path
+    for name, value in before.items():
+        jax.config.update(name, value)
+    compilation_cache.reset_cache()

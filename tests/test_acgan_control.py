@@ -95,3 +95,10 @@ def test_a_step_with_every_control_option_on_is_finite_and_uses_g_aux_weight():
     # Same D update (g_aux_weight only enters G's loss), larger G loss.
     np.testing.assert_allclose(results[1.0]["d_loss"], results[10.0]["d_loss"], rtol=1e-6)
     assert results[10.0]["g_loss"] > results[1.0]["g_loss"]
+
+
+def test_flatten_pooling_feeds_the_whole_final_map_to_the_heads():
+    variables, (_, attr_logits) = _d_outputs(_config(d_pool="flatten"), jnp.zeros((4, 40)))
+    # runlocal: d_dim 8, 3 stages -> a 4x4x32 final map.
+    assert variables["params"]["Dense_1"]["kernel"].shape == (4 * 4 * 32, 40)
+    assert attr_logits.shape == (4, 40)

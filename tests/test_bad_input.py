@@ -8,9 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import jax
 import pytest
-from jax.experimental.compilation_cache import compilation_cache
 
 from facegan_jax import checkpointing, components, errors, train
 from facegan_jax import workdir as workdir_lib
@@ -19,18 +17,7 @@ from tests.helpers import tiny_config
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(scope="module", autouse=True)
-def shared_compilation_cache(tmp_path_factory):
-    """Compiled functions are shared with the other robustness tests (XLA:CPU compiles are slow)."""
-    names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs")
-    before = {name: getattr(jax.config, name) for name in names}
-    jax.config.update(names[0], str(tmp_path_factory.getbasetemp() / "jax_cache"))
-    jax.config.update(names[1], 0)
-    compilation_cache.reset_cache()
-    yield
-    for name, value in before.items():
-        jax.config.update(name, value)
-    compilation_cache.reset_cache()
+pytestmark = pytest.mark.usefixtures("shared_compilation_cache")
 
 
 def _main(workdir: Path, *flags: str, env: dict[str, str] | None = None):

@@ -12,7 +12,6 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from jax.experimental.compilation_cache import compilation_cache
 
 from facegan_jax import checkpointing, components, train
 from tests.helpers import load_config_file
@@ -29,18 +28,9 @@ OVERRIDES = (
 
 
 @pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory):
-    """One compilation cache for this process and its subprocesses (XLA:CPU compiles take ~20 s)."""
-    path = tmp_path_factory.getbasetemp() / "jax_cache"
-    names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs")
-    before = {name: getattr(jax.config, name) for name in names}
-    jax.config.update(names[0], str(path))
-    jax.config.update(names[1], 0)
-    compilation_cache.reset_cache()
-    yield path
-    for name, value in before.items():
-        jax.config.update(name, value)
-    compilation_cache.reset_cache()
+def cache_dir(shared_compilation_cache):
+    """The compilation cache folder, passed on to the subprocesses."""
+    return shared_compilation_cache
 
 
 def _final_state(workdir: Path, config):

@@ -13,26 +13,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from absl.testing import absltest  # noqa: F401  (absl logging handler for captured logs)
-from jax.experimental.compilation_cache import compilation_cache
 from PIL import Image
 
 from facegan_jax import checkpointing, errors, input_pipeline, sample, train
 from facegan_jax import train_step as train_step_lib
 from tests.helpers import tiny_config
 
-
-@pytest.fixture(scope="module", autouse=True)
-def shared_compilation_cache(tmp_path_factory):
-    """The runlocal train step compiles once for the robustness tests (XLA:CPU takes ~20 s)."""
-    names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs")
-    before = {name: getattr(jax.config, name) for name in names}
-    jax.config.update(names[0], str(tmp_path_factory.getbasetemp() / "jax_cache"))
-    jax.config.update(names[1], 0)
-    compilation_cache.reset_cache()
-    yield
-    for name, value in before.items():
-        jax.config.update(name, value)
-    compilation_cache.reset_cache()
+pytestmark = pytest.mark.usefixtures("shared_compilation_cache")
 
 
 @pytest.fixture(scope="module")

@@ -127,7 +127,10 @@ class Discriminator(nn.Module):
 
     * `spectral_norm=False`: plain convs (the seed normalises every D conv).
     * `pool='sum'`: sum instead of average pooling of the last feature map, so
-      small, localised features (a mouth) are not diluted by the area.
+      small, localised features (a mouth) are not diluted by the area;
+      `pool='flatten'`: the whole 4x4 map, which also keeps where a feature is
+      (the library's attribute classifier needs this: with average pooling it
+      stays at chance on Eyeglasses).
     * `attr_head='separate'`: the attribute logits come from their own plain-conv
       tower (no spectral norm, no minibatch-stddev) instead of the shared,
       spectrally normalised trunk.
@@ -167,8 +170,11 @@ class Discriminator(nn.Module):
         )
 
     def _pool(self, x: jax.Array) -> jax.Array:
+        x = x.astype(jnp.float32)
+        if self.pool == "flatten":  # keeps where a feature is (glasses on the eyes)
+            return x.reshape(x.shape[0], -1)  # [B, 4 * 4 * C]
         reduce = jnp.sum if self.pool == "sum" else jnp.mean
-        return reduce(x.astype(jnp.float32), axis=(1, 2))  # [B, C]
+        return reduce(x, axis=(1, 2))  # [B, C]
 
     @nn.compact
     def __call__(
@@ -227,7 +233,7 @@ def default_config() -> ml_collections.ConfigDict:
             # Attribute-control options of the discriminator (see `Discriminator`);
             # the seed's values: SN convs, average pooling, a shared head, no projection.
             d_spectral_norm=True,
-            d_pool="mean",  # 'mean' or 'sum'
+            d_pool="mean",  # 'mean', 'sum' or 'flatten'
             attr_head="shared",  # 'shared' or 'separate'
             projection=False,
         )
@@ -248,8 +254,8 @@ def build(config: Any) -> tuple[nn.Module, nn.Module]:
     dtype = compute_dtype(config)
     m = config.model
     num_stages(config.data.image_size)  # fail early with the field name
-    if m.d_pool not in ("mean", "sum"):
-        raise ValueError(f"config.model.d_pool={m.d_pool!r} must be 'mean' or 'sum'")
+    if m.d_pool not in ("mean", "sum", "flatten"):
+        raise ValueError(f"config.model.d_pool={m.d_pool!r} must be 'mean', 'sum' or 'flatten'")
     if m.attr_head not in ("shared", "separate"):
         raise ValueError(f"config.model.attr_head={m.attr_head!r} must be 'shared' or 'separate'")
     generator = Generator(

@@ -88,7 +88,13 @@ def inception_params(inception_weights: str):
 
 
 @pytest.fixture(scope="session")
-def synth_classifier(tmp_path_factory) -> Any:
+def synth_tfds_dir(tmp_path_factory) -> str:
+    """TFDS data_dir of the session's small synthetic_faces (4,000 train, 500 eval, 32x32)."""
+    return str(tmp_path_factory.mktemp("tfds"))
+
+
+@pytest.fixture(scope="session")
+def synth_classifier(synth_tfds_dir) -> Any:
     """A narrow 32x32 classifier trained on 4,000 synthetic faces (~40 s on 2 cores)."""
     import time
 
@@ -97,7 +103,7 @@ def synth_classifier(tmp_path_factory) -> Any:
     start = time.perf_counter()
     classifier = train_attribute_classifier.train(
         "synthetic_faces",
-        str(tmp_path_factory.mktemp("tfds")),
+        synth_tfds_dir,
         32,
         steps=400,
         batch_size=32,

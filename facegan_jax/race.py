@@ -867,7 +867,7 @@ def write_report(out: Path, scored: dict[str, Any], meta: dict[str, Any], log=pr
     plot_curves(rows, out / "race.png", floor)
     for side in SIDES:
         last = scored[side][-1]
-        images = np.load(out / side / last["file"])[:64]
+        images = to_float(np.load(out / side / last["file"])[:64])  # marks are uint8
         sampling.save_grid(images, str(out / f"{side}_{mark_label(last['mark_s'])}.png"))
     log(f"wrote {out / 'race.json'}, {out / 'race.png'} and the last marks' sample grids")
 

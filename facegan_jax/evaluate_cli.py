@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"evaluate: error: {e}", file=sys.stderr)
         return 2
     result = evaluation.attribute_metrics(
-        generate,
+        generate.jitted,
         variables,
         classifier,
         real,

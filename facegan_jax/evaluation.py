@@ -350,7 +350,9 @@ def attribute_metrics(
     """fd_attr of a generator and, for conditional ones, attribute-control accuracy.
 
     Args:
-      generate: `generate(variables, indices[, attributes]) -> images` in [-1, 1].
+      generate: `generate(variables, indices[, attributes]) -> images` in [-1, 1],
+        already jitted (e.g. `SeededGenerator.jitted`, compiled once per shape for
+        the life of the object, so periodic evaluations do not recompile).
       gen_variables: the generator's variables (e.g. the EMA ones).
       classifier: an `attributes.Classifier`.
       real_features: classifier features of held-out real images [M, F].
@@ -365,7 +367,7 @@ def attribute_metrics(
     """
     from facegan_jax import attributes
 
-    gen = jax.jit(generate)
+    gen = generate
     feats = attributes.collect_features(
         classifier,
         (
@@ -418,7 +420,7 @@ def make_attribute_hook(
     def hook(state: Any) -> dict[str, float]:
         variables = {"params": state.ema_params, **state.ema_vars}
         result = attribute_metrics(
-            generate,
+            generate.jitted,
             variables,
             classifier,
             real,

@@ -54,6 +54,7 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
 
     config.data.name = "celeba_local"
     config.data.crop = "celeba_178"
+    config.data.resize = "bicubic"  # the peer's and the race's PIL bicubic
     config.data.image_size = 64
     config.data.channels = 3
 

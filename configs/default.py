@@ -53,6 +53,10 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     # CelebA sources only: synthetic_faces renders are framed faces already.
     data.crop = "none"
     data.crop_box = (0, 0, 0, 0)
+    # Resampling filter of the resize after the crop, antialiased either way:
+    # 'bilinear' (PIL BILINEAR) or 'bicubic' (PIL BICUBIC, what the PyTorch peer
+    # and `facegan_jax.race` use).
+    data.resize = "bilinear"
     # Shuffle buffer (examples) and tf.data parallelism (-1 = AUTOTUNE).
     data.shuffle_buffer = 10_000
     data.num_parallel_calls = -1

@@ -52,6 +52,10 @@ class WorkdirError(UsageError):
     """The workdir holds another run (a different model or checkpoint structure)."""
 
 
+class RaceError(UsageError):
+    """Input a wall-clock comparison (race, ablation) cannot start with (data, venv, --out)."""
+
+
 class RunError(FaceganError):
     """The run started but cannot go on; what was saved is named in the message."""
 

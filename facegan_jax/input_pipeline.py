@@ -14,12 +14,14 @@ epoch `e` is shuffled with a seed derived from (`config.seed`, e). Because epoch
 the right epoch and skips the remaining offset on *encoded* records (no JPEG
 decoding), so a resumed run sees exactly the batches an uninterrupted run would.
 
-Resizing uses `tf.image.resize(method='bilinear', antialias=True)`: when
-downscaling, the bilinear (triangle) kernel is widened by the scale factor, so it
-is a proper low-pass filter like PIL's `Image.resize(BILINEAR)`, not point
-sampling. JPEGs are decoded with `INTEGER_ACCURATE` DCT, which matches PIL (and
-so pytorch-fid's reference preprocessing) pixel for pixel, and the crop is fused
-into the decode (`decode_and_crop_jpeg`, same pixels, less work).
+Resizing uses `tf.image.resize(method=config.data.resize, antialias=True)`:
+when downscaling, the bilinear (triangle) or bicubic (Keys, a = -0.5) kernel is
+widened by the scale factor, so it is a proper low-pass filter like PIL's
+`Image.resize(BILINEAR)` / `(BICUBIC)`, not point sampling; 'bicubic' equals
+PIL's (the PyTorch peer's) resize to within rounding. JPEGs are decoded with
+`INTEGER_ACCURATE` DCT, which matches PIL (and so pytorch-fid's reference
+preprocessing) pixel for pixel, and the crop is fused into the decode
+(`decode_and_crop_jpeg`, same pixels, less work).
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from facegan_jax.datasets.celeba_attributes import CELEBA_ATTRIBUTES, NUM_ATTRIB
 
 KNOWN_DATASETS = ("synthetic_faces", "celeba_local", "celeb_a")
 KNOWN_CROPS = ("none", "celeba_178", "center_160", "box")
+RESIZE_METHODS = ("bilinear", "bicubic")  # config.data.resize; both antialiased
 # Upper bound for the epoch counter of a repeated dataset (effectively infinite).
 _MAX_EPOCHS = 2**40
 PREPARE_COMMAND = "python -m data_prep.prepare_celeba --manual_dir DIR --data_dir DATA_DIR"
@@ -174,20 +177,25 @@ def _resize_and_scale(image: tf.Tensor, data_config: ml_collections.ConfigDict) 
         raise ValueError(f"config.data.image_size={size} must be positive")
     if channels not in (1, 3):
         raise ValueError(f"config.data.channels={channels} must be 1 (greyscale) or 3 (RGB)")
+    method = data_config.get("resize", "bilinear")  # workdirs from before the field: bilinear
+    if method not in RESIZE_METHODS:
+        raise ValueError(
+            f"config.data.resize={method!r} is not known; known: {', '.join(RESIZE_METHODS)}"
+        )
     image = tf.cast(image, tf.float32)  # [h, w, 3]
     if tuple(image.shape[:2]) != (size, size):
-        image = tf.image.resize(image, (size, size), method="bilinear", antialias=True)  # [S, S, 3]
+        image = tf.image.resize(image, (size, size), method=method, antialias=True)  # [S, S, 3]
     if channels == 1:
         image = tf.image.rgb_to_grayscale(image)  # [S, S, 1], ITU-R 601 luma
     return tf.clip_by_value(image / 127.5 - 1.0, -1.0, 1.0)  # [S, S, C]
 
 
 def preprocess_image(image_uint8: tf.Tensor, data_config: ml_collections.ConfigDict) -> tf.Tensor:
-    """Crops, resizes (antialiased bilinear), optionally greys and scales one image.
+    """Crops, resizes (antialiased `data.resize`), optionally greys and scales one image.
 
     Args:
       image_uint8: uint8 [H, W, 3] with static H and W.
-      data_config: `config.data` (`crop`, `crop_box`, `image_size`, `channels`).
+      data_config: `config.data` (`crop`, `crop_box`, `resize`, `image_size`, `channels`).
 
     Returns:
       float32 [S, S, C] in [-1, 1], S = `image_size`, C = `channels`.

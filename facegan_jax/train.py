@@ -265,6 +265,11 @@ def _validate_config(config: Any) -> None:
             f"config.data.crop={data.crop!r} is not known; known: "
             f"{', '.join(input_pipeline.KNOWN_CROPS)}"
         )
+    if data.resize not in input_pipeline.RESIZE_METHODS:
+        raise ValueError(
+            f"config.data.resize={data.resize!r} is not known; known: "
+            f"{', '.join(input_pipeline.RESIZE_METHODS)}"
+        )
     if data.image_size < 1:
         raise ValueError(f"config.data.image_size={data.image_size} must be >= 1")
     if data.channels not in (1, 3):

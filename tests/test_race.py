@@ -1,4 +1,4 @@
-"""The race's parts that need no race: schedule, data preparation, peer output, table, commands."""
+"""The race's parts that need no race: schedule, data, our wall-clock side, peer, table, CLI."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from facegan_jax import race
+from facegan_jax import race, race_data, wallclock
 from tests.helpers import tiny_config
 
 
@@ -26,22 +26,22 @@ from tests.helpers import tiny_config
     ],
 )
 def test_interval_marks_follow_the_peer_schedule(minutes, every, marks):
-    assert race.interval_marks(minutes, every) == marks
+    assert wallclock.interval_marks(minutes, every) == marks
 
 
 def test_interval_marks_reject_non_positive_budgets():
     for minutes, every in ((0, 5), (30, 0), (-1, 1)):
         with pytest.raises(race.RaceError, match="--minutes"):
-            race.interval_marks(minutes, every)
+            wallclock.interval_marks(minutes, every)
 
 
 def test_mark_labels():
-    assert [race.mark_label(s) for s in (300, 30, 135)] == ["5min", "0.5min", "2.25min"]
+    assert [wallclock.mark_label(s) for s in (300, 30, 135)] == ["5min", "0.5min", "2.25min"]
 
 
 # ------------------------------------------------------------------------------ data
 def test_prepared_faces_are_the_peer_preprocessing_bit_for_bit(shared_data, inception_expected):
-    train, names = race.prepare_split(shared_data / "celeba", "train", limit=6)
+    train, names = race_data.prepare_split(shared_data / "celeba", "train", limit=6)
     assert train.shape == (6, 64, 64, 3) and train.dtype == np.uint8
     assert names == sorted(names) and names[0] == "000001.jpg"
     # pytorch-fid's fixture holds 6 real faces made by the peers' recipe (rows 20..198,
@@ -55,8 +55,8 @@ def test_prepared_faces_are_the_peer_preprocessing_bit_for_bit(shared_data, ince
 
 
 def test_validation_split_holds_partition_1_images_only(shared_data):
-    partition = race.read_partition(shared_data / "celeba" / "list_eval_partition.txt")
-    images, names = race.prepare_split(shared_data / "celeba", "validation", limit=3)
+    partition = race_data.read_partition(shared_data / "celeba" / "list_eval_partition.txt")
+    images, names = race_data.prepare_split(shared_data / "celeba", "validation", limit=3)
     assert images.shape == (3, 64, 64, 3)
     assert all(partition[n] == 1 for n in names) and names == sorted(names)
 
@@ -79,16 +79,16 @@ def test_arrays_are_prepared_once_and_again_when_the_data_changes(tmp_path):
     celeba = tmp_path / "celeba"
     _fake_celeba(celeba, [("000003.jpg", 0), ("000001.jpg", 0), ("000002.jpg", 1)])
     logs = []
-    paths = race.cached_arrays(celeba, tmp_path / "cache", log=logs.append)
+    paths = race_data.cached_arrays(celeba, tmp_path / "cache", log=logs.append)
     train, val = np.load(paths["train"]), np.load(paths["validation"])
     assert train.shape == (2, 64, 64, 3) and val.shape == (1, 64, 64, 3)
     assert len(logs) == 2
     meta = json.loads((tmp_path / "cache" / "celeba64_meta.json").read_text())
     assert meta["train"]["first"] == ["000001.jpg"] and meta["train"]["count"] == 2
-    race.cached_arrays(celeba, tmp_path / "cache", log=logs.append)
+    race_data.cached_arrays(celeba, tmp_path / "cache", log=logs.append)
     assert len(logs) == 2  # cached
     _fake_celeba(celeba, [("000001.jpg", 0), ("000002.jpg", 1), ("000004.jpg", 1)])
-    race.cached_arrays(celeba, tmp_path / "cache", log=logs.append)
+    race_data.cached_arrays(celeba, tmp_path / "cache", log=logs.append)
     assert len(logs) == 4 and np.load(paths["validation"]).shape[0] == 2
 
 
@@ -132,23 +132,21 @@ def test_missing_peer_venv_says_how_to_make_it(tmp_path):
 def test_missing_classifier_says_how_to_train_one(tmp_path):
     for folder in (None, str(tmp_path / "none")):
         with pytest.raises(race.RaceError, match="data_prep.train_attribute_classifier"):
-            race.load_classifier(folder)
+            wallclock.load_classifier(folder)
 
 
 def test_each_side_is_pinned_to_its_core_with_one_thread(tmp_path):
-    env = race.single_thread_env({"XLA_FLAGS": "--foo"})
-    assert env["XLA_FLAGS"] == "--foo " + race.SINGLE_THREAD_XLA
+    env = wallclock.single_thread_env({"XLA_FLAGS": "--foo"})
+    assert env["XLA_FLAGS"] == "--foo " + wallclock.SINGLE_THREAD_XLA
     assert "intra_op_parallelism_threads=1" in env["XLA_FLAGS"]
     assert env["OMP_NUM_THREADS"] == env["TF_NUM_INTRAOP_THREADS"] == "1"
     npy = tmp_path / "train.npy"
-    ours = race.pinned(race.ours_command("c.py", ["--config.x=1"], npy, tmp_path, 30.0, 5.0), 0)
-    assert ours[:3] == ["taskset", "-c", "0"] and ours[4:7] == [
-        "-m",
-        "facegan_jax.race",
-        "train-ours",
-    ]
+    ours = wallclock.pinned(
+        wallclock.train_command("c.py", ["--config.x=1"], npy, tmp_path, 30.0, 5.0), 0
+    )
+    assert ours[:3] == ["taskset", "-c", "0"] and ours[4:6] == ["-m", "facegan_jax.wallclock"]
     assert "--config=c.py" in ours and "--config.x=1" in ours
-    peer = race.pinned(race.peer_command("py", "peer.py", npy, tmp_path, 30.0, 5.0), 1)
+    peer = wallclock.pinned(race.peer_command("py", "peer.py", npy, tmp_path, 30.0, 5.0), 1)
     assert peer[:5] == ["taskset", "-c", "1", "py", "peer.py"]
     assert peer[peer.index("--threads") + 1] == "1" and peer[peer.index("--minutes") + 1] == "30.0"
 
@@ -167,11 +165,11 @@ def test_config_overrides_pass_through_and_other_arguments_are_refused():
 
 
 def test_race_refuses_a_recipe_it_cannot_race():
-    config = race.load_config(str(race.DEFAULT_CONFIG), ["--config.data.image_size=32"])
+    config = wallclock.load_config(str(race.DEFAULT_CONFIG), ["--config.data.image_size=32"])
     with pytest.raises(race.RaceError, match="64x64"):
-        race.check_config(config)
+        wallclock.check_config(config)
     with pytest.raises(race.RaceError, match="train.batch_sise"):
-        race.load_config(str(race.DEFAULT_CONFIG), ["--config.train.batch_sise=3"])
+        wallclock.load_config(str(race.DEFAULT_CONFIG), ["--config.train.batch_sise=3"])
 
 
 # ------------------------------------------------------------------------------ our side
@@ -182,7 +180,7 @@ def test_our_side_saves_ema_samples_and_progress_at_each_mark(tmp_path):
     # A fake clock: the start, then the end of steps 1..5. Step 5 jumps over the 45 s
     # mark and past the end: like the peer, it saves once, as the last save, and stops.
     clock = iter([0.0, 10.0, 20.0, 30.0, 40.0, 75.0]).__next__
-    records = race.train_for_marks(
+    records = wallclock.train_for_marks(
         config, data, tmp_path, [15, 30, 45, 60], num_samples=12, log=logs.append, clock=clock
     )
     assert [(r["mark_s"], r["step"]) for r in records] == [(15, 2), (30, 3), (60, 5)]
@@ -231,7 +229,7 @@ def test_summary_without_fid_and_with_a_mark_one_side_skipped():
 
 
 def test_plot_is_written(tmp_path):
-    rows = race.summarize(_records([4.0, 2.0], [100.0, 50.0]), _records([8.0, 3.0], [150.0, 75.0]))
-    race.plot_curves(rows, tmp_path / "race.png", floor={"fd_attr": 0.5})
+    series = {"ours": _records([4.0, 2.0], [100.0, 50.0]), "peer": _records([8.0, 3.0], [1.0, 2.0])}
+    wallclock.plot_curves(series, tmp_path / "race.png", floor={"fd_attr": 0.5})
     with Image.open(tmp_path / "race.png") as img:
         assert img.size == (640, 720)  # fd_attr and FID panels

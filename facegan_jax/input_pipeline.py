@@ -18,7 +18,7 @@ Resizing uses `tf.image.resize(method=config.data.resize, antialias=True)`:
 when downscaling, the bilinear (triangle) or bicubic (Keys, a = -0.5) kernel is
 widened by the scale factor, so it is a proper low-pass filter like PIL's
 `Image.resize(BILINEAR)` / `(BICUBIC)`, not point sampling; 'bicubic' equals
-PIL's (the PyTorch peer's) resize to within rounding. JPEGs are decoded with
+PIL's (the PyTorch peer's) resize to within 3 levels (mean 0.27). JPEGs are decoded with
 `INTEGER_ACCURATE` DCT, which matches PIL (and so pytorch-fid's reference
 preprocessing) pixel for pixel, and the crop is fused into the decode
 (`decode_and_crop_jpeg`, same pixels, less work).

@@ -222,12 +222,12 @@ def test_celeba64_fast_config_is_the_documented_recipe():
         "celeba_178",
         64,
     )
-    assert config.train.diffaugment == "translation,cutout"
+    assert config.train.diffaugment == ""  # measured: it slowed the 30-minute runs 2.4-3x
     assert 0 < config.train.ema_decay < 1
     doc = path.read_text()
     assert "python -m facegan_jax.main --config=configs/celeba64_fast.py" in doc
     assert "python -m data_prep.prepare_celeba --manual_dir" in doc
-    assert "python -m facegan_jax.race" in doc and "ablation" in doc
+    assert "python -m facegan_jax.race" in doc and "python -m facegan_jax.ablate" in doc
     train.validate_config(config)
 
 
@@ -240,7 +240,7 @@ def test_celeba64_fast_runlocal_trains_two_steps_on_synthetic_faces(tmp_path):
         "--config.sample_every_steps=2",
         "--config.log_every_steps=1",
     )
-    assert config.data.name == "synthetic_faces" and config.train.diffaugment
+    assert config.data.name == "synthetic_faces" and config.train.ema_decay > 0
     state = train.train_and_evaluate(config, str(tmp_path / "run"))
     assert int(state.step) == 2
     assert all(np.isfinite(x).all() for x in jax.tree.leaves(jax.device_get(state.ema_params)))

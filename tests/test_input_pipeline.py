@@ -149,7 +149,7 @@ def test_bicubic_resize_is_pil_bicubic_within_rounding(shared_data):
     for method, pil_filter in (("bicubic", Image.BICUBIC), ("bilinear", Image.BILINEAR)):
         expected = np.asarray(face.resize((64, 64), pil_filter), np.float32)
         diff = np.abs(out[method] - expected)
-        assert diff.mean() < 0.3 and diff.max() <= 2.0, (method, diff.mean(), diff.max())
+        assert diff.mean() < 0.3 and diff.max() <= 3.0, (method, diff.mean(), diff.max())
     # The two filters differ visibly on a real face (bicubic is sharper).
     assert np.abs(out["bicubic"] - out["bilinear"]).mean() > 0.5
     with pytest.raises(ValueError, match=r"config\.data\.resize='lanczos'"):

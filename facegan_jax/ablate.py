@@ -124,12 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--every", type=float, default=10.0, help="minutes between sample marks")
     parser.add_argument("--out", required=True, help="folder for the ablation (resumable)")
     parser.add_argument("--config", default=DEFAULT_CONFIG, help="the recipe (configs/*.py)")
-    parser.add_argument("--classifier", help="attribute classifier folder (the fd_attr judge)")
     parser.add_argument("--race", help="a finished race folder to add to the table")
-    parser.add_argument("--celeba-dir", default=race_data.DEFAULT_CELEBA, help="CelebA folder")
-    parser.add_argument("--cache-dir", default=race_data.DEFAULT_CACHE, help="prepared arrays")
-    parser.add_argument("--fid-weights", help="pytorch-fid Inception weights (default: the cache)")
-    parser.add_argument("--cores", default="0,1", help="cores to run variants on at once")
+    wallclock.add_judge_arguments(parser, cores_help="cores to run variants on at once")
     parser.add_argument("--evaluate-only", action="store_true", help="score a finished --out")
     return parser
 

@@ -138,10 +138,20 @@ def build(config: Any, mesh: Mesh | None = None) -> Components:
     )
 
 
+# Fields added outside `config.model` since workdirs were first written, with the
+# value that reproduces what older runs did.
+_ADDED_FIELDS = {("data", "resize"): "bilinear"}
+
+
 def read_run_config(workdir: str) -> Any:
-    """A workdir's config, its model fields upgraded to today's family fields (see models)."""
+    """A workdir's config upgraded to today's fields: model fields per family (see models),
+    and `_ADDED_FIELDS` filled with the behaviour the run was trained with."""
     config = workdir_lib.read_config(workdir)
     upgrade_model_fields(config)
+    with config.unlocked():
+        for (section, field), value in _ADDED_FIELDS.items():
+            if field not in config[section]:
+                config[section][field] = value
     return config
 
 

@@ -177,7 +177,7 @@ def _resize_and_scale(image: tf.Tensor, data_config: ml_collections.ConfigDict) 
         raise ValueError(f"config.data.image_size={size} must be positive")
     if channels not in (1, 3):
         raise ValueError(f"config.data.channels={channels} must be 1 (greyscale) or 3 (RGB)")
-    method = data_config.get("resize", "bilinear")  # workdirs from before the field: bilinear
+    method = data_config.resize
     if method not in RESIZE_METHODS:
         raise ValueError(
             f"config.data.resize={method!r} is not known; known: {', '.join(RESIZE_METHODS)}"

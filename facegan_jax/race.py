@@ -305,7 +305,7 @@ def summarize(ours: Sequence[dict], peer: Sequence[dict]) -> list[dict[str, Any]
 
 def format_table(rows: Sequence[dict], floor: dict | None = None) -> list[str]:
     """The race table: per mark, steps, images and scores of each side, and peer / ours."""
-    fid = any("fid" in (r[side] or {}) for r in rows for side in SIDES)
+    fid = wallclock.has_fid({side: [r[side] for r in rows if r[side]] for side in SIDES})
     side_head = f"{'steps':>7} {'imgs':>7} {'fd_attr':>8}" + (f" {'FID':>7}" if fid else "")
     head = f"{'':>8} | {'ours':<{len(side_head)}} | {'peer':<{len(side_head)}} | peer/ours"
     head += "\n" + f"{'mark':>8} | {side_head} | {side_head} | {'fd_attr':>9}"
@@ -363,17 +363,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--every", type=float, default=5.0, help="minutes between sample marks")
     parser.add_argument("--out", required=True, help="new folder for everything the race writes")
     parser.add_argument("--config", default=DEFAULT_CONFIG, help="our recipe (configs/*.py)")
-    parser.add_argument("--classifier", help="attribute classifier folder (the fd_attr judge)")
     parser.add_argument("--peer", default=DEFAULT_PEER, help="the peer training script")
     parser.add_argument("--peer-python", default=DEFAULT_PEER_PYTHON, help="the peer venv python")
-    parser.add_argument(
-        "--celeba-dir", default=race_data.DEFAULT_CELEBA, help="CelebA manual-download folder"
-    )
-    parser.add_argument(
-        "--cache-dir", default=race_data.DEFAULT_CACHE, help="where prepared arrays are kept"
-    )
-    parser.add_argument("--fid-weights", help="pytorch-fid Inception weights (default: the cache)")
-    parser.add_argument("--cores", default="0,1", help="cores for ours,peer (default 0,1)")
+    wallclock.add_judge_arguments(parser, cores_help="cores for ours,peer (default 0,1)")
     parser.add_argument(
         "--evaluate-only", action="store_true", help="score an existing --out again"
     )

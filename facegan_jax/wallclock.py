@@ -312,6 +312,21 @@ def check_cores(cores: Sequence[int], count: int | None = None) -> None:
         raise RaceError(f"--cores {','.join(map(str, cores))}: need {need} of {sorted(allowed)}")
 
 
+def add_judge_arguments(parser: argparse.ArgumentParser, cores_help: str) -> None:
+    """The arguments every comparison shares: the judge, the CelebA arrays, FID weights, cores."""
+    from facegan_jax import race_data
+
+    parser.add_argument("--classifier", help="attribute classifier folder (the fd_attr judge)")
+    parser.add_argument(
+        "--celeba-dir", default=race_data.DEFAULT_CELEBA, help="CelebA manual-download folder"
+    )
+    parser.add_argument(
+        "--cache-dir", default=race_data.DEFAULT_CACHE, help="where prepared arrays are kept"
+    )
+    parser.add_argument("--fid-weights", help="pytorch-fid Inception weights (default: the cache)")
+    parser.add_argument("--cores", default="0,1", help=cores_help)
+
+
 def parse_cores(text: str) -> list[int]:
     """'0,1' -> [0, 1]; RaceError naming `--cores` otherwise."""
     try:
@@ -462,13 +477,17 @@ def plot_curves(
             y = xy(0, floor[metric])[1]
             draw.line((left, y, right, y), fill=(128, 128, 128))
             draw.text((left + 4, y - 14), "real-data floor", (128, 128, 128))
-        for i, (name, pts) in enumerate(points.items()):
-            colour = _COLOURS[i % len(_COLOURS)]
+        colours = [_COLOURS[i % len(_COLOURS)] for i in range(len(points))]
+        for colour, pts in zip(colours, points.values(), strict=True):
             xys = [xy(x, y) for x, y in pts]
             if len(xys) > 1:
                 draw.line(xys, fill=colour, width=3)
             for px, py in xys:
                 draw.ellipse((px - 4, py - 4, px + 4, py + 4), fill=colour)
+        # The legend last, on a white box, so no curve hides a name.
+        box = (right - 156, top + 6, right - 4, top + 10 + 14 * len(points))
+        draw.rectangle(box, fill="white", outline=(200, 200, 200))
+        for i, (colour, name) in enumerate(zip(colours, points, strict=True)):
             draw.text((right - 150, top + 8 + 14 * i), f"-- {name}", colour)
     img.save(path)
 

@@ -143,9 +143,11 @@ def test_an_older_workdir_config_drops_unread_fields_and_fills_new_ones(tmp_path
     config = acgan64.get_config("runlocal").to_dict()
     config["model"].update(g_activation="relu", d_activation="leaky_relu", fast_convs=True)
     del config["model"]["projection"]  # a field added after the run was written
+    del config["data"]["resize"]  # likewise outside the model
     with open(workdir_lib.config_path(tmp_path), "w") as f:
         json.dump(config, f)
     loaded = components.read_run_config(str(tmp_path))
     assert "d_activation" not in loaded.model and loaded.model.mbstd_group_size == 4
     assert loaded.model.projection is False
+    assert loaded.data.resize == "bilinear"  # what runs before the field resized with
     build_models(loaded)  # builds

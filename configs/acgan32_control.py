@@ -5,7 +5,7 @@ with spectral norm, average pooling, an attribute loss averaged over 40
 attributes and the head also fitted to fakes, stays near the label prior: its
 generator learns to ignore the attributes (control accuracy 0.50 after 800 steps
 on synthetic_faces at 32x32). This recipe changes only what the ablation
-(issue 11, measured with facegan_jax.evaluate_cli) showed to matter:
+(issue 11, measured with facegan_jax.cli.evaluate) showed to matter:
 
 * `model.d_pool='flatten'`: both heads see the whole 4x4 map (where a feature is);
 * `model.attr_head='separate'`: attributes from their own plain-conv tower;

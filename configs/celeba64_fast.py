@@ -2,8 +2,8 @@ r"""CelebA 64x64 for the best faces per CPU-minute (issue 14): a half-width DCGA
 
 The compute is the constraint: in 60 minutes on one CPU core the PyTorch peer
 makes ~1.8k steps of batch 64 (~10 epochs of the 12,000-image CelebA subset).
-The recipe was chosen by measurement (`python -m facegan_jax.race` and
-`python -m facegan_jax.ablate`, README "Quality per CPU-minute"; 30-minute
+The recipe was chosen by measurement (`python -m tools.race` and
+`python -m tools.ablate`, README "Quality per CPU-minute"; 30-minute
 ablation, fd_attr, lower is better):
 
 * DCGAN at half the PyTorch peer's width (g_dim = d_dim = 32: 256-128-64-32),
@@ -35,9 +35,9 @@ Prepare CelebA once (README "CelebA"), then train:
 Race it against the PyTorch DCGAN peer, one core each (needs the attribute
 classifier and `.venv-peers`, see README "Quality per CPU-minute"):
 
-  python -m facegan_jax.race --minutes 30 --every 5 --out runs/race30 \
+  python -m tools.race --minutes 30 --every 5 --out runs/race30 \
       --classifier attr_celeba64
-  python -m facegan_jax.ablate --minutes 30 --every 10 --out runs/ablate30 \
+  python -m tools.ablate --minutes 30 --every 10 --out runs/ablate30 \
       --classifier attr_celeba64 --variant recipe --variant diffaugment \
       --config.train.diffaugment=translation,cutout
 

@@ -55,7 +55,7 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     data.crop_box = (0, 0, 0, 0)
     # Resampling filter of the resize after the crop, antialiased either way:
     # 'bilinear' (PIL BILINEAR) or 'bicubic' (PIL BICUBIC, what the PyTorch peer
-    # and `facegan_jax.race` use).
+    # and `tools.race` use).
     data.resize = "bilinear"
     # Shuffle buffer (examples) and tf.data parallelism (-1 = AUTOTUNE).
     data.shuffle_buffer = 10_000
@@ -97,6 +97,12 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     # 0 disables. Lazy: applied every `r1_every` steps, scaled by r1_every (StyleGAN2).
     loss.r1_gamma = 0.0
     loss.r1_every = 1
+    # Classifier guidance (conditional models): a frozen attribute classifier (a folder
+    # of data_prep.train_attribute_classifier; None: no guidance) adds `guide_weight` x
+    # its BCE of the requested attributes on G's images, over the attributes it reads
+    # reliably. Never judge a run with the classifier that guided it.
+    loss.guide_classifier = ml_collections.config_dict.placeholder(str)
+    loss.guide_weight = 0.0
 
     # ----------------------------------------------------------- optimizers
     def optimizer(lr: float) -> ml_collections.ConfigDict:
@@ -131,6 +137,10 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     # DiffAugment (Zhao et al. 2020) of every image D sees, real and fake, in D's and
     # G's updates: comma-separated 'color', 'translation', 'cutout'; '' disables.
     train.diffaugment = ""
+    # Conditional models: fraction of G's requested attribute vectors (real vectors)
+    # in which one attribute, uniform over the 40, is forced on or off with equal odds,
+    # so rare attributes are practised as often as common ones; 0 disables.
+    train.balanced_requests = 0.0
     # bfloat16 compute with float32 parameters, optimizer state and losses.
     train.mixed_precision = False
 

@@ -1,8 +1,8 @@
 r"""Computes and caches the real-side FID statistics of a dataset split.
 
-The images come from `facegan_jax.input_pipeline` exactly as training sees them
+The images come from `facegan_jax.data.input_pipeline` exactly as training sees them
 (crop, resize, channels of the config), quantised to PNG levels like generated
-images, and go through `facegan_jax.fid`. The output `.npz` has `mu`, `sigma` and
+images, and go through `facegan_jax.metrics.fid`. The output `.npz` has `mu`, `sigma` and
 metadata (n, source, resolution, crop, weights sha256), like
 `python -m facegan_jax.fid --save-stats`, and can be passed to that CLI as a source.
 
@@ -32,7 +32,7 @@ _BATCH = flags.DEFINE_integer("batch_size", 50, "Images per network call.")
 
 def default_output(config: Any, split: str, num_samples: int) -> str:
     """Cache path for a split's statistics, named by everything that changes them."""
-    from facegan_jax.models import inception_weights
+    from facegan_jax.metrics import inception_weights
 
     d = config.data
     name = f"{d.name}_{split}_{d.image_size}px_{d.channels}ch_{d.crop}_n{num_samples or 'all'}"
@@ -60,8 +60,8 @@ def compute_reference_stats(
     Returns:
       (mu, sigma, n).
     """
-    from facegan_jax import fid, input_pipeline
-    from facegan_jax.models import inception_weights
+    from facegan_jax.data import input_pipeline
+    from facegan_jax.metrics import fid, inception_weights
 
     weights_path = inception_weights.resolve_weights_path(weights)
     params = inception_weights.load_inception_params(weights_path)

@@ -1,6 +1,6 @@
 r"""Builds the `celeba_local` TFDS dataset from CelebA files downloaded by hand.
 
-This module owns the command line around `facegan_jax.datasets.celeba_local`:
+This module owns the command line around `facegan_jax.data.celeba_local`:
 validate the manual files, build with a progress bar, print a summary.
 
   python -m data_prep.prepare_celeba --manual_dir ~/celeba --data_dir ~/tensorflow_datasets
@@ -22,7 +22,7 @@ import sys
 import tensorflow_datasets as tfds
 
 from facegan_jax import runtime
-from facegan_jax.datasets import celeba_local
+from facegan_jax.data import celeba_local
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,8 +1,8 @@
 r"""Writes a preview grid of `synthetic_faces` renders to a PNG.
 
-This module owns the command line around `facegan_jax.datasets.face_renderer`:
+This module owns the command line around `facegan_jax.data.face_renderer`:
 render faces `start .. start+num-1` of a seed and tile them with
-`facegan_jax.sampling.make_grid` (near-square unless `--cols` is given).
+`facegan_jax.generation.sampling.make_grid` (near-square unless `--cols` is given).
 
   python -m data_prep.render_synthetic_faces --out grid.png --resolution 64 --num 64
 
@@ -17,8 +17,9 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from facegan_jax import runtime, sampling
-from facegan_jax.datasets import face_renderer
+from facegan_jax import runtime
+from facegan_jax.data import face_renderer
+from facegan_jax.generation import sampling
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,8 +1,8 @@
-r"""Trains the attribute classifier (`facegan_jax.attributes`) and saves it to a folder.
+r"""Trains the attribute classifier (`facegan_jax.metrics.attributes`) and saves it to a folder.
 
 This module owns the command line around `attributes.train_classifier`: build
 the data config, load the train and validation splits once into memory
-through `facegan_jax.input_pipeline` (decoding every JPEG once, not once per
+through `facegan_jax.data.input_pipeline` (decoding every JPEG once, not once per
 epoch), train with progress and ETA, print the per-attribute validation table
 and save.
 
@@ -95,7 +95,7 @@ def load_split(config: Any, split: str, max_examples: int = 0) -> tuple[np.ndarr
     Raises:
       ValueError: unknown or unprepared dataset, unknown split.
     """
-    from facegan_jax import input_pipeline
+    from facegan_jax.data import input_pipeline
 
     ds = input_pipeline.ordered_dataset(config, split, LOAD_BATCH)
     if max_examples:
@@ -166,7 +166,7 @@ def train(
       DataError: bad data arguments (unknown or unprepared dataset, bad size or
         split, batch larger than the data), raised before any training.
     """
-    from facegan_jax import attributes
+    from facegan_jax.metrics import attributes
 
     if data not in KNOWN_DATA:
         raise DataError(f"unknown --data={data!r}; known: {', '.join(KNOWN_DATA)}")
@@ -288,7 +288,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    from facegan_jax import attributes
+    from facegan_jax.metrics import attributes
 
     print("\n".join(attributes.format_table(classifier)))
     folder = classifier.save(args.out)

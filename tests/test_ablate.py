@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from facegan_jax import ablate, wallclock
-from facegan_jax.ablate import Variant
 from tests.test_race import _fake_celeba
+from tools import ablate, wallclock
+from tools.ablate import Variant
 
 # A 64x64 recipe small enough to compile and train for seconds on one core.
 TINY = (

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from configs import acgan64
-from facegan_jax import components, losses, sharding
+from facegan_jax import sharding
 from facegan_jax.models import build_models
+from facegan_jax.training import components, losses
 from tests.helpers import fake_batch
 
 

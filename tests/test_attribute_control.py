@@ -5,7 +5,8 @@ from __future__ import annotations
 import jax
 
 from configs import acgan32_control
-from facegan_jax import attributes, components, train
+from facegan_jax.metrics import attributes
+from facegan_jax.training import components, train
 
 
 def test_control_recipe_makes_eyeglasses_controllable_in_800_steps(

@@ -1,4 +1,4 @@
-"""Tests of facegan_jax.attributes: balanced accuracy, the classifier, its files, the metrics.
+"""Tests of facegan_jax.metrics.attributes: balanced accuracy, the classifier, files, metrics.
 
 One classifier is trained once per session on a small synthetic_faces
 rendering at 32x32 (conftest's `synth_classifier`, through the CLI's `train`,
@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 
 from data_prep import train_attribute_classifier as cli
-from facegan_jax import attributes
-from facegan_jax.datasets import face_renderer as renderer
-from facegan_jax.datasets.celeba_attributes import CELEBA_ATTRIBUTES, attribute_index
+from facegan_jax.data import face_renderer as renderer
+from facegan_jax.data.celeba_attributes import CELEBA_ATTRIBUTES, attribute_index
+from facegan_jax.metrics import attributes
 
 EYEGLASSES = attribute_index("Eyeglasses")
 HAT = attribute_index("Wearing_Hat")

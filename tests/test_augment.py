@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from facegan_jax import augment, components
+from facegan_jax.training import augment, components
 from tests.helpers import tiny_config
 
 KEY = jax.random.PRNGKey(7)

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from facegan_jax import checkpointing, components, errors, train
+from facegan_jax import errors
 from facegan_jax import workdir as workdir_lib
+from facegan_jax.training import checkpointing, components, train
 from tests.helpers import tiny_config
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -25,7 +26,7 @@ def _main(workdir: Path, *flags: str, env: dict[str, str] | None = None):
         [
             sys.executable,
             "-m",
-            "facegan_jax.main",
+            "facegan_jax.cli.train",
             "--config=configs/default.py:runlocal",
             f"--workdir={workdir}",
             *flags,
@@ -119,8 +120,9 @@ def _rejected(config, workdir: Path, error: type[errors.UsageError]) -> str:
         (
             {"model.name": "acgan"},
             "config.model.d_activation is not read by the 'acgan' model (its fields: attr_head, "
-            "d_dim, d_pool, d_spectral_norm, g_dim, leaky_slope, mbstd_group_size, name, "
-            "num_attributes, projection, sn_power_iterations, z_dim); remove it, or start from "
+            "d_dim, d_pool, d_spectral_norm, g_cond, g_cond_dim, g_dim, leaky_slope, "
+            "mbstd_group_size, name, num_attributes, projection, sn_power_iterations, z_dim); "
+            "remove it, or start from "
             "a acgan recipe in configs/",
         ),
         ({"train.ema_decay": 1.0}, "config.train.ema_decay=1.0 must be in [0, 1)"),

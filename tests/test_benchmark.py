@@ -6,7 +6,7 @@ import re
 import subprocess
 import sys
 
-from facegan_jax.benchmark import cpu_peak_gflops
+from facegan_jax.cli.benchmark import cpu_peak_gflops
 from tests.conftest import REPO_ROOT
 
 _ZEN3 = "processor\t: 0\ncpu MHz\t\t: 2445.404\nflags\t\t: fpu sse sse2 fma avx avx2 bmi2\n"
@@ -29,7 +29,7 @@ def test_benchmark_prints_figures_layer_profile_and_result_lines():
         [
             sys.executable,
             "-m",
-            "facegan_jax.benchmark",
+            "facegan_jax.cli.benchmark",
             "--config=configs/dcgan32.py:runlocal",
             "--only=train,layers",
             "--steps=2",

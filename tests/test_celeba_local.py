@@ -16,8 +16,8 @@ import pytest
 import tensorflow_datasets as tfds
 
 from data_prep import prepare_celeba
-from facegan_jax.datasets import celeba_local
-from facegan_jax.datasets.celeba_attributes import CELEBA_ATTRIBUTES
+from facegan_jax.data import celeba_local
+from facegan_jax.data.celeba_attributes import CELEBA_ATTRIBUTES
 
 
 @pytest.fixture(scope="session")

@@ -13,8 +13,9 @@ import orbax.checkpoint as ocp
 import pytest
 from orbax.checkpoint._src.checkpointers import async_checkpointer
 
-from facegan_jax import checkpointing, components, errors, sharding
+from facegan_jax import errors, sharding
 from facegan_jax import workdir as workdir_lib
+from facegan_jax.training import checkpointing, components
 from tests.helpers import fake_batch, tiny_config
 
 pytestmark = pytest.mark.usefixtures("shared_compilation_cache")

@@ -12,8 +12,8 @@ import jax.numpy as jnp
 import pytest
 from absl import flags
 
-from facegan_jax import train
 from facegan_jax.models import build_models
+from facegan_jax.training import train
 from tests.conftest import REPO_ROOT
 from tests.helpers import load_config_file
 
@@ -58,7 +58,7 @@ def test_misspelt_override_is_an_error_naming_the_key(tmp_path):
         [
             sys.executable,
             "-m",
-            "facegan_jax.main",
+            "facegan_jax.cli.train",
             "--config=configs/default.py",
             f"--workdir={tmp_path}",
             "--config.train.batch_sise=3",
@@ -137,8 +137,8 @@ def test_an_older_workdir_config_drops_unread_fields_and_fills_new_ones(tmp_path
     import json
 
     from configs import acgan64
-    from facegan_jax import components
     from facegan_jax import workdir as workdir_lib
+    from facegan_jax.training import components
 
     config = acgan64.get_config("runlocal").to_dict()
     config["model"].update(g_activation="relu", d_activation="leaky_relu", fast_convs=True)

@@ -30,7 +30,9 @@ _COMMON = textwrap.dedent(
     import sys
     import jax, numpy as np
     from jax.sharding import Mesh
-    from facegan_jax import components, input_pipeline, runtime, sharding
+    from facegan_jax.training import components
+    from facegan_jax.data import input_pipeline
+    from facegan_jax import runtime, sharding
     from tests.helpers import fake_batch, load_config_file, tiny_config
 
     runtime.setup(tensorflow=False)

@@ -7,9 +7,11 @@ import numpy as np
 import pytest
 
 from data_prep import train_attribute_classifier as classifier_cli
-from facegan_jax import components, editing, sample, sampling, train
 from facegan_jax import workdir as workdir_lib
-from facegan_jax.datasets.celeba_attributes import NUM_ATTRIBUTES, attribute_index
+from facegan_jax.cli import sample
+from facegan_jax.data.celeba_attributes import NUM_ATTRIBUTES, attribute_index
+from facegan_jax.generation import editing, sampling
+from facegan_jax.training import components, train
 from tests.helpers import tiny_config
 
 EYEGLASSES = attribute_index("Eyeglasses")

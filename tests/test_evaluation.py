@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 
 from configs import acgan64, default
-from facegan_jax import components, evaluate_cli, evaluation, train
+from facegan_jax.cli import evaluate as evaluate_cli
+from facegan_jax.metrics import evaluation
+from facegan_jax.training import components, train
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +26,7 @@ def acgan_workdir(tmp_path_factory, saved_folder):
 
 
 def test_training_logs_attribute_metrics_and_writes_the_report(acgan_workdir):
-    from facegan_jax import report
+    from facegan_jax.report import run_report as report
 
     scalars = report.read_scalars(acgan_workdir)
     for tag in ("eval/fd_attr", "eval/attr_control", "eval/attr_control/Eyeglasses"):

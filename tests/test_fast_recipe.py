@@ -15,8 +15,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from facegan_jax import components, losses, sharding, train
+from facegan_jax import sharding
 from facegan_jax.models import dcgan
+from facegan_jax.training import components, losses, train
 from tests.conftest import REPO_ROOT
 from tests.helpers import fake_batch, load_config_file, tiny_config
 
@@ -227,7 +228,7 @@ def test_celeba64_fast_config_is_the_documented_recipe():
     doc = path.read_text()
     assert "python -m facegan_jax.main --config=configs/celeba64_fast.py" in doc
     assert "python -m data_prep.prepare_celeba --manual_dir" in doc
-    assert "python -m facegan_jax.race" in doc and "python -m facegan_jax.ablate" in doc
+    assert "python -m tools.race" in doc and "python -m tools.ablate" in doc
     train.validate_config(config)
 
 

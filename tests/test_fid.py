@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from facegan_jax import evaluation, fid, fid_cli
-from facegan_jax.models import inception_weights as weights_lib
+from facegan_jax.cli import fid as fid_cli
+from facegan_jax.metrics import evaluation, fid
+from facegan_jax.metrics import inception_weights as weights_lib
 from tests.conftest import REPO_ROOT
 
 
@@ -180,8 +181,8 @@ _TWO_DEVICE_SCRIPT = textwrap.dedent(
     from jax.sharding import Mesh, PartitionSpec
     from facegan_jax import runtime
     runtime.setup(tensorflow=False)
-    from facegan_jax import evaluation, fid
-    from facegan_jax.models import inception_weights as weights_lib
+    from facegan_jax.metrics import evaluation, fid
+    from facegan_jax.metrics import inception_weights as weights_lib
 
     assert len(jax.devices()) == 2, jax.devices()
     fixture = sys.argv[1]

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from facegan_jax.models import inception, inception_weights
+from facegan_jax.metrics import inception, inception_weights
 
 
 @pytest.fixture(scope="module")

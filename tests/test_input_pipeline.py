@@ -1,4 +1,4 @@
-"""Tests for facegan_jax.input_pipeline: preprocessing, sources, sharding, order, resume, put.
+"""Tests for facegan_jax.data.input_pipeline: preprocessing, sources, sharding, order, resume, put.
 
 CelebA cases read the shared 14,000-image subset built once per session into
 the pytest base temp dir (shared with tests/test_celeba_local.py).
@@ -18,8 +18,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from PIL import Image
 
 from configs.default import get_config
-from facegan_jax import input_pipeline
-from facegan_jax.datasets.celeba_attributes import CELEBA_ATTRIBUTES
+from facegan_jax.data import input_pipeline
+from facegan_jax.data.celeba_attributes import CELEBA_ATTRIBUTES
 
 
 @pytest.fixture(scope="session")
@@ -263,3 +263,12 @@ def test_synthetic_faces_source_resizes_to_any_size(tmp_path):
     assert batch["image"].shape == (4, 48, 48, 3)
     assert batch["image"].min() >= -1.0 and batch["image"].max() <= 1.0
     assert batch["attributes"].shape == (4, 40)
+
+
+def test_tilde_in_a_data_dir_is_the_home_folder(monkeypatch, tmp_path):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert input_pipeline.expand_path("~/tensorflow_datasets") == str(
+        tmp_path / "tensorflow_datasets"
+    )
+    assert input_pipeline.expand_path("gs://b/~x") == "gs://b/~x"
+    assert input_pipeline.expand_path(None) is None

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from facegan_jax import losses
+from facegan_jax.training import losses
 from tests.helpers import tiny_config
 
 

@@ -14,9 +14,13 @@ import numpy as np
 import pytest
 from absl.testing import absltest  # noqa: F401  (absl logging handler for captured logs)
 
-from facegan_jax import attributes, components, input_pipeline, report, report_cli
-from facegan_jax import memorization as mem
 from facegan_jax import workdir as workdir_lib
+from facegan_jax.cli import report as report_cli
+from facegan_jax.data import input_pipeline
+from facegan_jax.metrics import attributes
+from facegan_jax.metrics import memorization as mem
+from facegan_jax.report import run_report as report
+from facegan_jax.training import components
 from tests.helpers import tiny_config
 
 FEATURE_DIM = 32

@@ -97,7 +97,7 @@ def _start_processes(workdir: Path, data_dir: Path, *overrides: str) -> list:
         cmd = [
             sys.executable,
             "-m",
-            "facegan_jax.main",
+            "facegan_jax.cli.train",
             "--config=configs/default.py:runlocal",
             f"--workdir={workdir}",
             f"--config.data.tfds_data_dir={data_dir}",
@@ -145,7 +145,8 @@ def two_process_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Pat
     # Rendered once up front: two processes preparing the same TFDS dataset at once race on
     # TFDS's final rename ("Cannot rename ... incomplete.XXXX ... already exists").
     prepare = (
-        "import sys; from facegan_jax import input_pipeline, runtime; runtime.setup(); "
+        "import sys; from facegan_jax import runtime; from facegan_jax.data import input_pipeline; "
+        "runtime.setup(); "
         "from tests.helpers import load_config_file; "
         "c = load_config_file('configs/default.py:runlocal', *sys.argv[1:]); "
         "input_pipeline.get_builder(c.data, seed=c.seed)"
@@ -187,7 +188,9 @@ _REFERENCE = textwrap.dedent(
     """
     import sys
     import jax, numpy as np
-    from facegan_jax import checkpointing, components, input_pipeline, runtime
+    from facegan_jax.training import checkpointing, components
+    from facegan_jax.data import input_pipeline
+    from facegan_jax import runtime
     from tests.helpers import load_config_file
 
     runtime.setup()
@@ -246,7 +249,7 @@ def test_two_process_run_equals_one_process_on_two_devices(two_process_run):
 def test_two_process_checkpoint_samples_on_one_device(two_process_run, tmp_path):
     workdir, _ = two_process_run
     out = tmp_path / "x.png"
-    cmd = [sys.executable, "-m", "facegan_jax.sample", "--workdir", str(workdir)]
+    cmd = [sys.executable, "-m", "facegan_jax.cli.sample", "--workdir", str(workdir)]
     proc = subprocess.run(
         [*cmd, "--seeds", "0-3", "--out", str(out)],
         cwd=REPO_ROOT,

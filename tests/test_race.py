@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from facegan_jax import race, race_data, wallclock
 from tests.helpers import tiny_config
+from tools import race, race_data, wallclock
 
 
 # ------------------------------------------------------------------------------ schedule
@@ -144,7 +144,7 @@ def test_each_side_is_pinned_to_its_core_with_one_thread(tmp_path):
     ours = wallclock.pinned(
         wallclock.train_command("c.py", ["--config.x=1"], npy, tmp_path, 30.0, 5.0), 0
     )
-    assert ours[:3] == ["taskset", "-c", "0"] and ours[4:6] == ["-m", "facegan_jax.wallclock"]
+    assert ours[:3] == ["taskset", "-c", "0"] and ours[4:6] == ["-m", "tools.wallclock"]
     assert "--config=c.py" in ours and "--config.x=1" in ours
     peer = wallclock.pinned(race.peer_command("py", "peer.py", npy, tmp_path, 30.0, 5.0), 1)
     assert peer[:5] == ["taskset", "-c", "1", "py", "peer.py"]

@@ -12,8 +12,11 @@ from absl.testing import absltest  # noqa: F401  (absl logging handler for captu
 from clu import metric_writers
 from PIL import Image
 
-from facegan_jax import report, report_cli, sampling, train
 from facegan_jax import workdir as workdir_lib
+from facegan_jax.cli import report as report_cli
+from facegan_jax.generation import sampling
+from facegan_jax.report import run_report as report
+from facegan_jax.training import train
 from tests.helpers import tiny_config
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

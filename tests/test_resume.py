@@ -13,7 +13,7 @@ import jax
 import numpy as np
 import pytest
 
-from facegan_jax import checkpointing, components, train
+from facegan_jax.training import checkpointing, components, train
 from tests.helpers import load_config_file
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -51,7 +51,7 @@ def test_a_killed_and_restarted_run_ends_bit_identical_to_an_uninterrupted_one(t
     command = [
         sys.executable,
         "-m",
-        "facegan_jax.main",
+        "facegan_jax.cli.train",
         "--config=configs/default.py:runlocal",
         f"--workdir={tmp_path / 'killed'}",
         *overrides,

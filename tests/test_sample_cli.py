@@ -11,9 +11,12 @@ import pytest
 from PIL import Image
 
 from configs import acgan64
-from facegan_jax import attributes, checkpointing, components, editing, sample, sampling
 from facegan_jax import workdir as workdir_lib
-from facegan_jax.datasets.celeba_attributes import NUM_ATTRIBUTES, attribute_index
+from facegan_jax.cli import sample
+from facegan_jax.data.celeba_attributes import NUM_ATTRIBUTES, attribute_index
+from facegan_jax.generation import editing, sampling
+from facegan_jax.metrics import attributes
+from facegan_jax.training import checkpointing, components
 from tests.helpers import tiny_config
 
 SMILING = attribute_index("Smiling")

@@ -10,8 +10,9 @@ import pytest
 from PIL import Image
 
 from configs import acgan64
-from facegan_jax import components, sampling
-from facegan_jax.datasets.celeba_attributes import attribute_index
+from facegan_jax.data.celeba_attributes import attribute_index
+from facegan_jax.generation import sampling
+from facegan_jax.training import components
 from tests.helpers import tiny_config
 
 

@@ -10,9 +10,9 @@ import pytest
 from PIL import Image
 
 from data_prep import render_synthetic_faces
-from facegan_jax.datasets import face_renderer as fr
-from facegan_jax.datasets import synthetic_faces as sf
-from facegan_jax.datasets.celeba_attributes import CELEBA_ATTRIBUTES
+from facegan_jax.data import face_renderer as fr
+from facegan_jax.data import synthetic_faces as sf
+from facegan_jax.data.celeba_attributes import CELEBA_ATTRIBUTES
 
 # Enough faces that every drawn attribute appears both on and off.
 NUM_LAYER_FACES = 64
@@ -292,7 +292,7 @@ def test_render_cli_rejects_an_empty_grid(tmp_path, capsys):
 def test_face_renderer_imports_and_renders_without_tensorflow():
     code = (
         "import sys\n"
-        "from facegan_jax.datasets import face_renderer\n"
+        "from facegan_jax.data import face_renderer\n"
         "face_renderer.render_faces(0, [0], 32)\n"
         "assert 'tensorflow' not in sys.modules, 'face_renderer imported tensorflow'\n"
     )

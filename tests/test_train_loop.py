@@ -15,8 +15,11 @@ import pytest
 from absl.testing import absltest  # noqa: F401  (absl logging handler for captured logs)
 from PIL import Image
 
-from facegan_jax import checkpointing, errors, input_pipeline, sample, train
-from facegan_jax import train_step as train_step_lib
+from facegan_jax import errors
+from facegan_jax.cli import sample
+from facegan_jax.data import input_pipeline
+from facegan_jax.training import checkpointing, train
+from facegan_jax.training import train_step as train_step_lib
 from tests.helpers import tiny_config
 
 pytestmark = pytest.mark.usefixtures("shared_compilation_cache")

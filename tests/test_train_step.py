@@ -7,7 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from facegan_jax import components, sharding, train_step
+from facegan_jax import sharding
+from facegan_jax.training import components, train_step
 from tests.helpers import fake_batch, tiny_config
 
 

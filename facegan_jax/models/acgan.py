@@ -41,7 +41,13 @@ import jax.numpy as jnp
 import ml_collections
 
 from facegan_jax.models import compute_dtype
-from facegan_jax.models.layers import MinibatchStdDev, PixelNorm, SNConv
+from facegan_jax.models.layers import (
+    AttributeEmbedding,
+    MinibatchStdDev,
+    Modulate,
+    PixelNorm,
+    SNConv,
+)
 
 Dtype = Any
 
@@ -77,6 +83,8 @@ class Generator(nn.Module):
     base_dim: int = 64
     leaky_slope: float = 0.2
     sn_power_iterations: int = 1
+    cond: str = "input"
+    cond_dim: int = 128
     dtype: Dtype = jnp.float32
 
     @nn.compact
@@ -84,6 +92,7 @@ class Generator(nn.Module):
         self, z: jax.Array, attributes: jax.Array | None = None, *, train: bool
     ) -> jax.Array:
         stages = num_stages(self.image_size)
+        embedding = None  # conditional normalisation (cond='modulate')
         if self.num_attributes:
             if attributes is None or attributes.shape != (z.shape[0], self.num_attributes):
                 got = None if attributes is None else attributes.shape
@@ -91,6 +100,8 @@ class Generator(nn.Module):
                     f"acgan generator needs attributes of shape {(z.shape[0], self.num_attributes)}"
                     f" (config.model.num_attributes={self.num_attributes}); got {got}"
                 )
+            if self.cond == "modulate":
+                embedding = AttributeEmbedding(self.cond_dim, self.leaky_slope)(attributes)
             z = jnp.concatenate([z, attributes.astype(z.dtype)], axis=-1)  # [B, Z + A]
         width = self.base_dim * 2**stages
         x = nn.Dense(4 * 4 * width, kernel_init=_DENSE_INIT, dtype=self.dtype)(
@@ -98,6 +109,8 @@ class Generator(nn.Module):
         )  # [B, 16 * width]
         x = nn.leaky_relu(x, self.leaky_slope)
         x = PixelNorm()(x.reshape(x.shape[0], 4, 4, width))  # [B, 4, 4, width]
+        if embedding is not None:
+            x = Modulate()(x, embedding)
         for _ in range(stages):
             width //= 2
             x = upsample_nearest_2x(x)  # [B, 2H, 2W, 2 * width]
@@ -108,7 +121,10 @@ class Generator(nn.Module):
                 kernel_init=_CONV_INIT,
                 dtype=self.dtype,
             )(x, update_stats=train)  # [B, 2H, 2W, width]
-            x = nn.leaky_relu(PixelNorm()(x), self.leaky_slope)
+            x = PixelNorm()(x)
+            if embedding is not None:
+                x = Modulate()(x, embedding)  # this layer's scale and shift from the attributes
+            x = nn.leaky_relu(x, self.leaky_slope)
         x = SNConv(
             self.channels,
             (4, 4),
@@ -228,6 +244,11 @@ def default_config() -> ml_collections.ConfigDict:
             leaky_slope=0.2,
             # Spectral-norm power iterations per training step.
             sn_power_iterations=1,
+            # How G is conditioned: 'input' (the seed: attributes concatenated to z) or
+            # 'modulate' (also a mapping MLP of width `g_cond_dim` whose output sets a
+            # scale and shift after every PixelNorm: conditional normalisation).
+            g_cond="input",
+            g_cond_dim=128,
             # Minibatch-stddev group size; must divide the per-device batch.
             mbstd_group_size=4,
             # Attribute-control options of the discriminator (see `Discriminator`);
@@ -256,6 +277,8 @@ def build(config: Any) -> tuple[nn.Module, nn.Module]:
     num_stages(config.data.image_size)  # fail early with the field name
     if m.d_pool not in ("mean", "sum", "flatten"):
         raise ValueError(f"config.model.d_pool={m.d_pool!r} must be 'mean', 'sum' or 'flatten'")
+    if m.g_cond not in ("input", "modulate"):
+        raise ValueError(f"config.model.g_cond={m.g_cond!r} must be 'input' or 'modulate'")
     if m.attr_head not in ("shared", "separate"):
         raise ValueError(f"config.model.attr_head={m.attr_head!r} must be 'shared' or 'separate'")
     generator = Generator(
@@ -265,6 +288,8 @@ def build(config: Any) -> tuple[nn.Module, nn.Module]:
         base_dim=m.g_dim,
         leaky_slope=m.leaky_slope,
         sn_power_iterations=m.sn_power_iterations,
+        cond=m.g_cond,
+        cond_dim=m.g_cond_dim,
         dtype=dtype,
     )
     discriminator = Discriminator(

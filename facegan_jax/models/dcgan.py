@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from facegan_jax.models import compute_dtype, layers, require_unconditional
+from facegan_jax.models import compute_dtype, layers
 
 Dtype = Any
 _INIT = nn.initializers.normal(stddev=0.02)
@@ -221,27 +221,48 @@ class Generator(nn.Module):
     act: str = "relu"
     leaky_slope: float = 0.2
     fast_convs: bool = True
+    num_attributes: int = 0
+    cond: str = "input"
+    cond_dim: int = 128
     dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(
         self, z: jax.Array, attributes: jax.Array | None = None, *, train: bool
     ) -> jax.Array:
-        del attributes  # unconditional
         steps = num_resolution_steps(self.image_size)
         act = activation(self.act, self.leaky_slope)
         width = self.base_dim * 2 ** (steps - 1)
+        embedding = None
+        if self.num_attributes:
+            if attributes is None or attributes.shape != (z.shape[0], self.num_attributes):
+                got = None if attributes is None else attributes.shape
+                raise ValueError(
+                    f"conditional dcgan generator needs attributes of shape "
+                    f"{(z.shape[0], self.num_attributes)}; got {got}"
+                )
+            if self.cond == "modulate":
+                embedding = layers.AttributeEmbedding(self.cond_dim, self.leaky_slope)(attributes)
+            z = jnp.concatenate([z, attributes.astype(z.dtype)], axis=-1)  # [B, Z + A]
+
+        def norm() -> Callable[[jax.Array], jax.Array]:
+            bn = _batch_norm(train, self.dtype)
+            if embedding is None:
+                return bn
+            modulate = layers.Modulate()
+            return lambda x: modulate(bn(x), embedding)  # conditional BatchNorm
+
         x = z.reshape(z.shape[0], 1, 1, z.shape[-1]).astype(self.dtype)  # [B, 1, 1, Z]
         x = nn.ConvTranspose(
             width, (4, 4), padding="VALID", use_bias=False, kernel_init=_INIT, dtype=self.dtype
         )(x)  # [B, 4, 4, width]
-        x = act(_batch_norm(train, self.dtype)(x))
+        x = act(norm()(x))
         return upsample_to_image(
             x,
             steps - 1,
             channels=self.channels,
             act=act,
-            norm=lambda: _batch_norm(train, self.dtype),
+            norm=norm,
             fast=self.fast_convs,
             kernel_init=_INIT,
             dtype=self.dtype,
@@ -249,7 +270,14 @@ class Generator(nn.Module):
 
 
 class Discriminator(nn.Module):
-    """DCGAN discriminator: images [B, S, S, C] -> (logits [B], None)."""
+    """DCGAN discriminator: images [B, S, S, C] (, attributes) -> (logits [B], attr_logits).
+
+    Unconditional (`num_attributes=0`): `attr_logits` is None. Conditional: the 4x4
+    feature map `h` also feeds a 40-way attribute head (ACGAN; `attr_head='shared'`
+    reads `h`, 'separate' a plain conv tower of its own at half the width), and with
+    `projection` the real/fake logit adds <embed(attributes), h> (Miyato & Koyama
+    2018): D judges image and condition together, the aux head the attribute itself.
+    """
 
     image_size: int = 64
     base_dim: int = 64
@@ -258,10 +286,15 @@ class Discriminator(nn.Module):
     dropout: float = 0.0
     fast_convs: bool = True
     spectral_norm: bool = False
+    num_attributes: int = 0
+    projection: bool = False
+    attr_head: str = "shared"
     dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, images: jax.Array, *, train: bool) -> tuple[jax.Array, None]:
+    def __call__(
+        self, images: jax.Array, attributes: jax.Array | None = None, *, train: bool
+    ) -> tuple[jax.Array, jax.Array | None]:
         steps = num_resolution_steps(self.image_size)
         act = activation(self.act, self.leaky_slope)
         x = images.astype(self.dtype)
@@ -282,14 +315,36 @@ class Discriminator(nn.Module):
                 x = nn.Dropout(self.dropout, deterministic=not train)(x)
             width *= 2
         if self.spectral_norm:
-            x = layers.SNConv(
+            out = layers.SNConv(
                 1, (4, 4), padding="VALID", use_bias=False, kernel_init=_INIT, dtype=self.dtype
             )(x, update_stats=train)  # [B, 1, 1, 1]
         else:
-            x = nn.Conv(
+            out = nn.Conv(
                 1, (4, 4), padding="VALID", use_bias=False, kernel_init=_INIT, dtype=self.dtype
             )(x)  # [B, 1, 1, 1]
-        return x.reshape(x.shape[0]).astype(jnp.float32), None
+        logits = out.reshape(out.shape[0]).astype(jnp.float32)  # [B]
+        if not self.num_attributes:
+            return logits, None
+        features = x.reshape(x.shape[0], -1).astype(jnp.float32)  # [B, 4 * 4 * C]
+        if self.projection:
+            if attributes is None:
+                raise ValueError("conditional dcgan discriminator with projection needs attributes")
+            embed = nn.Dense(features.shape[-1], use_bias=False, kernel_init=_INIT, name="embed")(
+                attributes.astype(jnp.float32)
+            )  # [B, 4 * 4 * C]
+            logits = logits + jnp.sum(embed * features, axis=-1)
+        if self.attr_head == "separate":
+            h = images.astype(self.dtype)
+            width = max(self.base_dim // 2, 8)
+            for _ in range(steps):
+                h = conv_stride_2(width, fast=self.fast_convs, kernel_init=_INIT, dtype=self.dtype)(
+                    h
+                )
+                h = nn.leaky_relu(h, 0.2)  # [B, H/2, W/2, width]
+                width *= 2
+            features = h.reshape(h.shape[0], -1).astype(jnp.float32)
+        attr_logits = nn.Dense(self.num_attributes, kernel_init=_INIT, name="attr_head")(features)
+        return logits, attr_logits  # [B], [B, A]
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -302,7 +357,18 @@ def default_config() -> ml_collections.ConfigDict:
             # (seed 002's conv_dim 32, the PyTorch DCGAN's 64).
             g_dim=32,
             d_dim=32,
-            num_attributes=0,  # unconditional
+            # 0: unconditional; 40: conditioned on the CelebA attributes (multi-hot),
+            # with the conditioning options below.
+            num_attributes=0,
+            # G conditioning: 'input' (attributes concatenated to z) or 'modulate' (also
+            # conditional BatchNorm: a mapping MLP of width g_cond_dim sets a per-layer
+            # scale and shift after every BatchNorm).
+            g_cond="input",
+            g_cond_dim=128,
+            # D conditioning: the projection term on the real/fake logit, and where the
+            # attribute head reads from ('shared' 4x4 map, or a 'separate' conv tower).
+            projection=False,
+            attr_head="shared",
             # Hidden activations: 'relu' (DCGAN G), 'leaky_relu' (D; improved DCGAN G), 'selu'.
             g_activation="relu",
             d_activation="leaky_relu",
@@ -321,7 +387,12 @@ def build(config: Any) -> tuple[nn.Module, nn.Module]:
     """Builds the DCGAN (generator, discriminator) pair from `config.model` / `config.data`."""
     dtype = compute_dtype(config)
     m = config.model
-    require_unconditional(config)
+    if m.num_attributes not in (0, 40):
+        raise ValueError(f"config.model.num_attributes={m.num_attributes} must be 0 or 40")
+    if m.g_cond not in ("input", "modulate"):
+        raise ValueError(f"config.model.g_cond={m.g_cond!r} must be 'input' or 'modulate'")
+    if m.attr_head not in ("shared", "separate"):
+        raise ValueError(f"config.model.attr_head={m.attr_head!r} must be 'shared' or 'separate'")
     generator = Generator(
         image_size=config.data.image_size,
         channels=config.data.channels,
@@ -329,6 +400,9 @@ def build(config: Any) -> tuple[nn.Module, nn.Module]:
         act=m.g_activation,
         leaky_slope=m.leaky_slope,
         fast_convs=m.fast_convs,
+        num_attributes=m.num_attributes,
+        cond=m.g_cond,
+        cond_dim=m.g_cond_dim,
         dtype=dtype,
     )
     discriminator = Discriminator(
@@ -339,6 +413,9 @@ def build(config: Any) -> tuple[nn.Module, nn.Module]:
         dropout=m.d_dropout,
         fast_convs=m.fast_convs,
         spectral_norm=m.d_spectral_norm,
+        num_attributes=m.num_attributes,
+        projection=m.projection,
+        attr_head=m.attr_head,
         dtype=dtype,
     )
     return generator, discriminator

@@ -10,6 +10,9 @@
 * `PixelNorm`: each pixel's feature vector scaled to unit RMS (ProGAN).
 * `MinibatchStdDev`: appends the group-averaged standard deviation as one
   extra channel (ProGAN / StyleGAN).
+* `AttributeEmbedding` and `Modulate`: conditional normalisation (BigGAN's
+  conditional BatchNorm, StyleGAN2-ADA's label embedding): the attributes are
+  mapped once, and every generator layer takes its scale and shift from them.
 
 All statistics are computed in float32 whatever the computation dtype, so the
 layers behave the same under bfloat16 mixed precision.
@@ -269,3 +272,39 @@ class MinibatchStdDev(nn.Module):
         stat = minibatch_stddev(x, self.group_size, self.eps).astype(x.dtype)  # [B]
         feat = jnp.broadcast_to(stat[:, None, None, None], (*x.shape[:3], 1))  # [B, H, W, 1]
         return jnp.concatenate([x, feat], axis=-1)
+
+
+class AttributeEmbedding(nn.Module):
+    """The mapping MLP of conditional normalisation: attributes [B, A] -> embedding [B, E].
+
+    As BigGAN's conditional BatchNorm and StyleGAN2-ADA's label embedding: the
+    multi-hot attributes are mapped once; every G layer then takes its own scale and
+    shift from the embedding (`Modulate`).
+    """
+
+    embed_dim: int = 128
+    leaky_slope: float = 0.2
+
+    @nn.compact
+    def __call__(self, attributes: jax.Array) -> jax.Array:
+        e = attributes.astype(jnp.float32)  # [B, A]
+        for _ in range(2):
+            e = nn.leaky_relu(
+                nn.Dense(self.embed_dim, kernel_init=nn.initializers.xavier_uniform())(e),
+                self.leaky_slope,
+            )
+        return e  # [B, E]
+
+
+class Modulate(nn.Module):
+    """`x * (1 + gamma(e)) + beta(e)` for a normalised map x [B, H, W, C] and embedding e [B, E].
+
+    `gamma` and `beta` come from one zero-initialised Dense, so training starts from
+    the unconditioned layer.
+    """
+
+    @nn.compact
+    def __call__(self, x: jax.Array, e: jax.Array) -> jax.Array:
+        gb = nn.Dense(2 * x.shape[-1], kernel_init=nn.initializers.zeros)(e)  # [B, 2C]
+        gamma, beta = jnp.split(gb[:, None, None, :].astype(x.dtype), 2, axis=-1)
+        return x * (1 + gamma) + beta

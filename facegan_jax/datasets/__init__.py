@@ -1,1 +1,0 @@
-"""TFDS builders we own (`synthetic_faces`, `celeba_local`) and the CelebA attribute names."""

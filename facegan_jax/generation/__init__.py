@@ -1,0 +1,1 @@
+"""Generation: seeded latents and generators, attribute vectors over real pools, editing."""

@@ -1,0 +1,442 @@
+"""Evaluation: generators measured with the metrics of `fid.py`.
+
+This module owns metrics on a generator during training and after: FID/KID
+and the attribute-classifier metrics (`fd_attr`, attribute-control accuracy).
+For FID: the statistics of a generator's images computed in the graph (`generator_stats`,
+sharded over a mesh when given), FID and KID against a reference
+(`evaluate_generator`), the training loop's hook (`make_training_hook`) with its
+real-side reference cached under `workdir.fid_reference_dir`, loading the
+Inception weights without failing a run (`try_load_inception`), and a training
+workdir as a metric source (`workdir_stats`: its latest EMA generator).
+For the attribute metrics (maths in attributes.py): `attribute_metrics` of a
+generator against held-out real features, and the training hook
+`make_attribute_hook` with the real side cached under
+`workdir.attr_reference_dir`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from facegan_jax import workdir as workdir_lib
+from facegan_jax.metrics import fid, inception_weights
+
+PyTree = Any
+
+
+def _put_indices(indices: np.ndarray, mesh: Mesh | None) -> jax.Array:
+    if mesh is None:
+        return jnp.asarray(indices)
+    sharding = NamedSharding(mesh, PartitionSpec("data"))
+    # Works multi-host too: each process supplies the shards it holds.
+    return jax.make_array_from_callback(indices.shape, sharding, lambda idx: indices[idx])
+
+
+def generator_stats(
+    generate: Callable[[PyTree, jax.Array], jax.Array],
+    gen_variables: PyTree,
+    inception_params: PyTree,
+    num_samples: int,
+    batch_size: int,
+    *,
+    mesh: Mesh | None = None,
+    quantize: bool = True,
+    features_fn: Callable[..., jax.Array] | None = None,
+    keep_features: bool = False,
+) -> tuple[np.ndarray, np.ndarray, int, np.ndarray | None]:
+    """Statistics of images 0..num_samples-1 of a generator, all in the graph.
+
+    Args:
+      generate: `generate(gen_variables, indices) -> [B, H, W, C]` in [-1, 1].
+      gen_variables: the generator's variables (e.g. the EMA ones).
+      inception_params: from `inception_weights.load_inception_params`.
+      num_samples: images to generate (indices 0..num_samples-1).
+      batch_size: images per call (rounded up to a multiple of the mesh size).
+      mesh: shard generation and features over this mesh's 'data' axis.
+      quantize: round generated images to PNG levels (default).
+      features_fn: a prebuilt `fid.generator_features_fn(generate, ...)`.
+      keep_features: also return the features (KID needs them).
+
+    Returns:
+      (mu, sigma, n, features [n, 2048] or None); features cross to the host only
+      when `keep_features` (for KID), images never.
+    """
+    if mesh is not None:
+        per = mesh.devices.size
+        batch_size = -(-batch_size // per) * per  # a multiple of the device count
+        rep = NamedSharding(mesh, PartitionSpec())
+        inception_params = jax.device_put(inception_params, rep)
+        gen_variables = jax.device_put(gen_variables, rep)
+    else:
+        inception_params = jax.device_put(inception_params)
+    fn = features_fn or fid.generator_features_fn(generate, quantize, mesh)
+    acc = fid.StatsAccumulator()
+    kept = []
+    for start in range(0, num_samples, batch_size):
+        indices = np.arange(start, start + batch_size, dtype=np.int32)
+        valid = min(batch_size, num_samples - start)
+        features = fn(gen_variables, inception_params, _put_indices(indices, mesh))  # [B, 2048]
+        acc.update(features, valid)
+        if keep_features:
+            kept.append(np.asarray(features)[:valid])
+    mu, sigma, n = acc.result()
+    return mu, sigma, n, np.concatenate(kept) if keep_features else None
+
+
+def evaluate_generator(
+    generate: Callable[[PyTree, jax.Array], jax.Array],
+    gen_variables: PyTree,
+    inception_params: PyTree,
+    num_samples: int,
+    batch_size: int,
+    reference: tuple[np.ndarray, np.ndarray],
+    real_features: np.ndarray | None = None,
+    *,
+    mesh: Mesh | None = None,
+    quantize: bool = True,
+    features_fn: Callable[..., jax.Array] | None = None,
+) -> dict[str, float | None]:
+    """FID (and KID when `real_features` is given) of a generator against a reference.
+
+    Args:
+      generate: `generate(gen_variables, indices) -> [B, H, W, C]` in [-1, 1].
+      gen_variables: the generator's variables (e.g. the EMA ones).
+      inception_params: from `inception_weights.load_inception_params`.
+      num_samples: images to generate (indices 0..num_samples-1).
+      batch_size: images per call (rounded up to a multiple of the mesh size).
+      reference: real-side (mu, sigma).
+      real_features: real-side features [N, 2048] for KID, or None to skip KID.
+      mesh: shard generation and features over this mesh's 'data' axis.
+      quantize: round generated images to PNG levels (default).
+      features_fn: a prebuilt `fid.generator_features_fn(generate, ...)`.
+
+    Returns:
+      {'fid': float, 'kid': float or None}.
+    """
+    mu, sigma, _, fake = generator_stats(
+        generate,
+        gen_variables,
+        inception_params,
+        num_samples,
+        batch_size,
+        mesh=mesh,
+        quantize=quantize,
+        features_fn=features_fn,
+        keep_features=real_features is not None,
+    )
+    result: dict[str, float | None] = {
+        "fid": fid.frechet_distance(mu, sigma, *reference),
+        "kid": None,
+    }
+    if real_features is not None:
+        result["kid"] = fid.kid(fake, real_features)[0]
+    return result
+
+
+def try_load_inception(weights_path: str | None) -> PyTree | None:
+    """Inception params, or None after exactly one warning when they are unavailable.
+
+    Args:
+      weights_path: the weights file, or None for the cache/download logic.
+
+    Returns:
+      The params pytree, or None (the caller then skips FID).
+    """
+    try:
+        return inception_weights.load_inception_params(weights_path)
+    except (
+        inception_weights.InceptionWeightsUnavailableError,
+        inception_weights.InceptionWeightsError,
+    ) as e:
+        logging.warning("FID disabled: %s", e)
+        return None
+
+
+# ----------------------------------------------------------------------------- training hook
+def make_training_hook(
+    config: Any, generator: Any, pool: np.ndarray | None, workdir: str
+) -> Callable[[Any], dict[str, float]] | None:
+    """The training loop's FID hook: `hook(state) -> {'eval/fid', 'eval/kid'}`.
+
+    Generates `config.fid.num_samples` images from the EMA generator (seed
+    `config.seed`, attributes drawn from `pool` for conditional models) and compares
+    them with the statistics of `config.data.eval_split`, computed once and cached
+    in `workdir.fid_reference_dir(workdir)`.
+
+    Args:
+      config: the run config (`config.fid`, `config.data`, `config.seed`).
+      generator: the generator module.
+      pool: real attribute vectors [P, 40] for conditional models, else None.
+      workdir: the run's workdir (holds the reference cache).
+
+    Returns:
+      The hook, or None after one warning when the Inception weights are unavailable.
+    """
+    from facegan_jax import sharding
+    from facegan_jax.generation import sampling
+
+    params = try_load_inception(config.fid.weights_path)
+    if params is None:
+        return None
+    mesh = sharding.create_mesh()
+    params = jax.device_put(params, sharding.replicated(mesh))
+    reference = _training_reference(config, params, workdir)
+    # Metrics average thousands of images: the batched path (one generator call per
+    # batch), not `sample`'s bit-reproducible batch-1 path, which serialises a GPU.
+    generate = sampling.make_batched_generate_fn(generator, config, seed=config.seed, pool=pool)
+    features_fn = fid.generator_features_fn(generate, True, mesh)
+
+    def hook(state: Any) -> dict[str, float]:
+        variables = {"params": state.ema_params, **state.ema_vars}
+        result = evaluate_generator(
+            generate,
+            variables,
+            params,
+            config.fid.num_samples,
+            config.fid.batch_size,
+            (reference["mu"], reference["sigma"]),
+            reference.get("features"),
+            mesh=mesh,
+            features_fn=features_fn,
+        )
+        scalars = {"eval/fid": result["fid"]}
+        if result["kid"] is not None:
+            scalars["eval/kid"] = result["kid"]
+        return scalars
+
+    return hook
+
+
+def _eval_split(config: Any, batch_size: int) -> Any:
+    """The held-out split in order, whole on every process (so all compute the same statistics)."""
+    from facegan_jax.data import input_pipeline
+
+    return input_pipeline.ordered_dataset(config, config.data.eval_split, batch_size)
+
+
+def _training_reference(config: Any, params: PyTree, workdir: str) -> dict[str, np.ndarray]:
+    """Real-side statistics (and features for KID) of the eval split, cached in the workdir."""
+    data = config.data
+    name = (
+        f"{data.name}_{data.eval_split}_{data.image_size}px_{data.channels}ch_{data.crop}_"
+        f"n{config.fid.num_samples}.npz"
+    ).replace("/", "_")
+    path = Path(workdir_lib.fid_reference_dir(workdir)) / name
+    if path.exists():
+        with np.load(path) as cached:
+            return {k: cached[k] for k in cached.files if k in ("mu", "sigma", "features")}
+    dataset = _eval_split(config, config.fid.batch_size)
+    feats = fid.features_from_images(
+        dataset.as_numpy_iterator(),
+        params,
+        config.fid.batch_size,
+        max_samples=config.fid.num_samples,
+    )
+    mu, sigma, n = fid.stats_from_features(feats)
+    ref = {"mu": mu, "sigma": sigma}
+    if config.fid.kid:
+        ref["features"] = feats
+    if n < config.fid.num_samples:
+        logging.warning("FID reference: split %r has only %d images", data.eval_split, n)
+    if jax.process_index() == 0:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp.npz")
+        np.savez(tmp, n=n, source=f"{data.name}:{data.eval_split}", **ref)
+        os.replace(tmp, path)
+    return ref
+
+
+# ----------------------------------------------------------------------------- workdirs
+def workdir_stats(
+    workdir: str | os.PathLike,
+    inception_params: PyTree,
+    batch_size: int,
+    num_samples: int | None = None,
+    *,
+    keep_features: bool = False,
+) -> tuple[np.ndarray, np.ndarray, int, np.ndarray | None, Any]:
+    """Statistics of a training workdir's latest EMA generator: a workdir as a metric source.
+
+    Images are indices 0..num_samples-1 of `components.load_generator(workdir)`
+    (conditional models draw attributes from the workdir's real attribute pool).
+
+    Args:
+      workdir: a training workdir (holds config.json and checkpoints).
+      inception_params: from `inception_weights.load_inception_params`.
+      batch_size: images per network call.
+      num_samples: images to generate; None uses the run's `config.fid.num_samples`.
+      keep_features: also return the features (KID needs them).
+
+    Returns:
+      (mu, sigma, n, features [n, 2048] or None, the run's config).
+
+    Raises:
+      FileNotFoundError: `workdir` holds no run or no checkpoint.
+      errors.CheckpointError: no checkpoint of `workdir` can be read.
+    """
+    from facegan_jax.training import components
+
+    generate, variables, config = components.load_generator(os.fspath(workdir))
+    generate = generate.as_batched()  # metrics: the fast path (see make_training_hook)
+    num = num_samples or config.fid.num_samples
+    mu, sigma, n, feats = generator_stats(
+        generate, variables, inception_params, num, batch_size, keep_features=keep_features
+    )
+    return mu, sigma, n, feats, config
+
+
+# ----------------------------------------------------------------------------- attribute metrics
+def real_attribute_features(
+    config: Any, classifier: Any, num_samples: int, workdir: str | None = None
+) -> np.ndarray:
+    """Classifier features [n, F] of the config's held-out split (cached in `workdir` if given)."""
+    data = config.data
+    name = (
+        f"{data.name}_{data.eval_split}_{data.image_size}px_{data.channels}ch_{data.crop}_"
+        f"n{num_samples}_{_fingerprint(classifier)}.npy"
+    ).replace("/", "_")
+    path = Path(workdir_lib.attr_reference_dir(workdir)) / name if workdir else None
+    if path is not None and path.exists():
+        return np.load(path)
+    from facegan_jax.metrics import attributes
+
+    dataset = _eval_split(config, config.attr_eval.batch_size)
+    feats = attributes.collect_features(
+        classifier, (_rgb(b["image"]) for b in dataset.as_numpy_iterator()), num_samples
+    )
+    if path is not None and jax.process_index() == 0:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp.npy")
+        np.save(tmp, feats)
+        os.replace(tmp, path)
+    return feats
+
+
+def _fingerprint(classifier: Any) -> str:
+    """Short id of a classifier (its calibrated thresholds and steps) for cache names."""
+    digest = hashlib.sha256(np.asarray(classifier.threshold_logits, np.float64).tobytes())
+    digest.update(str(classifier.steps).encode())
+    return digest.hexdigest()[:12]
+
+
+def _rgb(images: Any) -> np.ndarray:
+    """Greyscale [B, H, W, 1] -> RGB by repetition; RGB unchanged (the classifier takes RGB)."""
+    images = np.asarray(images, np.float32)
+    return np.repeat(images, 3, axis=-1) if images.shape[-1] == 1 else images
+
+
+def attribute_metrics(
+    generate: Callable[..., jax.Array],
+    gen_variables: PyTree,
+    classifier: Any,
+    real_features: np.ndarray,
+    *,
+    num_samples: int,
+    batch_size: int,
+    pool: np.ndarray | None = None,
+    n_per_side: int = 100,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """fd_attr of a generator and, for conditional ones, attribute-control accuracy.
+
+    Args:
+      generate: `generate(variables, indices[, attributes]) -> images` in [-1, 1],
+        already jitted (e.g. `SeededGenerator.jitted`, compiled once per shape for
+        the life of the object, so periodic evaluations do not recompile).
+      gen_variables: the generator's variables (e.g. the EMA ones).
+      classifier: an `attributes.Classifier`.
+      real_features: classifier features of held-out real images [M, F].
+      num_samples: generated images for fd_attr (indices 0..num_samples-1).
+      batch_size: images per generator call.
+      pool: real attribute vectors [P, 40] for conditional generators, else None.
+      n_per_side: control accuracy: images per attribute forced on (and as many off).
+      seed: draws the control accuracy's vectors and latents.
+
+    Returns:
+      {'fd_attr': float, 'attr_control': {'per_attribute', 'mean', ...} or None}.
+    """
+    from facegan_jax.metrics import attributes
+
+    gen = generate
+    feats = attributes.collect_features(
+        classifier,
+        (
+            _rgb(gen(gen_variables, np.arange(s, min(s + batch_size, num_samples))))
+            for s in range(0, num_samples, batch_size)
+        ),
+    )
+    result: dict[str, Any] = {
+        "fd_attr": attributes.fd_attr(feats, real_features),
+        "attr_control": None,
+    }
+    if pool is not None:
+        result["attr_control"] = attributes.attribute_control(
+            classifier,
+            lambda idx, vec: _rgb(gen(gen_variables, idx, vec)),
+            pool,
+            n_per_side,
+            seed=seed,
+            batch_size=batch_size,
+        )
+    return result
+
+
+def make_attribute_hook(
+    config: Any, generator: Any, pool: np.ndarray | None, workdir: str
+) -> Callable[[Any], dict[str, float]] | None:
+    """The training loop's attribute hook: `hook(state) -> {'eval/fd_attr', 'eval/attr_control'}`.
+
+    Returns None when `config.attr_eval.every_steps` is 0.
+
+    Raises:
+      attributes.ClassifierFileError: naming the file when `config.attr_eval.classifier`
+        is missing or unreadable (a run asked for a metric it cannot compute).
+    """
+    if not config.attr_eval.every_steps:
+        return None
+    from facegan_jax.generation import sampling
+    from facegan_jax.metrics import attributes
+
+    if not config.attr_eval.classifier:
+        raise ValueError(
+            "config.attr_eval.every_steps is set but config.attr_eval.classifier is not: "
+            "give a classifier folder (python -m data_prep.train_attribute_classifier)"
+        )
+    classifier = attributes.load(config.attr_eval.classifier)
+    real = real_attribute_features(config, classifier, config.attr_eval.num_samples, workdir)
+    # Metrics average thousands of images: the batched path (one generator call per
+    # batch), not `sample`'s bit-reproducible batch-1 path, which serialises a GPU.
+    generate = sampling.make_batched_generate_fn(generator, config, seed=config.seed, pool=pool)
+
+    def hook(state: Any) -> dict[str, float]:
+        variables = {"params": state.ema_params, **state.ema_vars}
+        result = attribute_metrics(
+            generate.jitted,
+            variables,
+            classifier,
+            real,
+            num_samples=config.attr_eval.num_samples,
+            batch_size=config.attr_eval.batch_size,
+            pool=pool,
+            n_per_side=config.attr_eval.n_per_side,
+            seed=config.seed,
+        )
+        scalars = {"eval/fd_attr": result["fd_attr"]}
+        control = result["attr_control"]
+        if control is not None:
+            scalars["eval/attr_control"] = control["mean"]
+            for name, score in control["per_attribute"].items():
+                scalars[f"eval/attr_control/{name}"] = score
+        return scalars
+
+    return hook

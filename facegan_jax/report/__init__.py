@@ -1,0 +1,1 @@
+"""Run reports: curves, progress GIF, HTML page, memorisation pictures (`run_report`)."""

@@ -1,0 +1,1 @@
+"""Training: state pytree, pure step, losses, DiffAugment, the loop, checkpoints, run builder."""

@@ -1,0 +1,468 @@
+"""The pure train step: one generator update and `n_critic` discriminator updates.
+
+`make_train_step` returns `train_step(state, batch) -> (state, metrics)`, a pure
+function that train.py jits over the mesh with the state donated. All of one
+step's randomness comes from `fold_in(state.key, state.step)`, split by purpose.
+
+Update schedules (`config.train.schedule`):
+
+* ``alternating`` (most seeds, and PyTorch's DCGAN example): G runs forward
+  once, keeping its VJP; D is updated on the real batch and the detached fake
+  batch; then G's loss is taken through the *updated* D on the same fake batch
+  and pulled back through the stored VJP. With `n_critic > 1`, the first
+  `n_critic - 1` D updates use fresh fake batches generated without gradients,
+  and each D update uses its own real batch.
+* ``simultaneous`` (seed 004's TensorFlow write-up): one forward pass of G and
+  D; both gradients come from it (D's from its loss, G's through D at its
+  pre-update parameters) and both nets are updated together.
+
+The EMA generator follows the live one with decay
+``min(ema_decay, (1 + step) / (10 + step))`` (warm-up as in TF's
+ExponentialMovingAverage, so short runs are not dominated by the initial
+weights). BatchNorm running statistics are averaged the same way as the
+parameters: they are statistics of the live generator's activations, and the
+EMA of those tracks the activations of the EMA weights far better than a copy
+of the latest ones would. Spectral-norm vectors are copied from the live
+generator: they are power-iteration estimates, not quantities to average.
+With ``ema_decay = 0`` the EMA generator is exactly the live one. The warm-up
+is itself a ramp: its averaging window grows with the step (about step / 9
+steps, a half-life of ~8 % of the run, close to StyleGAN2-ADA's ``ema_rampup =
+0.05``) until it reaches ``ema_decay``'s.
+
+Regularisers, each a config field (off by default, so the seed recipes are unchanged):
+
+* ``train.diffaugment`` (DiffAugment, `facegan_jax.training.augment`): every image D
+  sees, real or fake, in D's update and in G's, goes through the same random
+  differentiable transforms; G's gradient flows back through them. Each D call
+  draws its own transform from ``fold_in(<that call's key>, _AUGMENT_STREAM)``,
+  so switching augmentation on changes no other random draw of the step.
+* ``loss.r1_gamma`` / ``loss.r1_every`` (lazy R1, Mescheder et al. 2018;
+  StyleGAN2's lazy regularisation): on steps where ``step % r1_every == 0``
+  each D update adds ``r1_every * gamma / 2 * E ||grad_x D(x)||^2`` on its real
+  batch (through the augmentation, as StyleGAN2-ADA does), so the penalty's
+  average weight is ``gamma`` at 1/r1_every of its cost. Logged as ``d_r1``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from facegan_jax.training import augment as augment_lib
+from facegan_jax.training import losses
+from facegan_jax.training.state import GanState
+
+PyTree = Any
+Batch = dict[str, jax.Array]
+Metrics = dict[str, jax.Array]
+
+SCHEDULES = ("alternating", "simultaneous")
+_MUTABLE = ["batch_stats", "spectral"]
+# fold_in constant of the DiffAugment draws ("AUG"): a stream of its own, see the docstring.
+_AUGMENT_STREAM = 0x415547
+
+
+def ema_decay_at(step: jax.Array, ema_decay: float) -> jax.Array:
+    """The EMA decay used after `step` updates (with TF-style warm-up)."""
+    step = step.astype(jnp.float32)
+    return jnp.minimum(ema_decay, (1.0 + step) / (10.0 + step))
+
+
+def update_ema(state: GanState, ema_decay: float) -> GanState:
+    """Moves the EMA generator towards the live one (see the module docstring)."""
+    if ema_decay == 0:
+        return state.replace(ema_params=state.g_params, ema_vars=state.g_vars)
+    decay = ema_decay_at(state.step, ema_decay)
+
+    def avg(ema: jax.Array, live: jax.Array) -> jax.Array:
+        return (decay * ema + (1.0 - decay) * live).astype(live.dtype)
+
+    ema_params = jax.tree.map(avg, state.ema_params, state.g_params)
+    ema_vars = dict(state.g_vars)
+    if "batch_stats" in state.g_vars:
+        ema_vars["batch_stats"] = jax.tree.map(
+            avg, state.ema_vars["batch_stats"], state.g_vars["batch_stats"]
+        )
+    return state.replace(ema_params=ema_params, ema_vars=ema_vars)
+
+
+def balance_requests(key: jax.Array, attrs: jax.Array, fraction: float) -> jax.Array:
+    """Real attribute vectors with one attribute forced on or off in `fraction` of the rows.
+
+    G is otherwise asked for each attribute at its data frequency (Eyeglasses 6.5 %,
+    Bald 2.2 %) and rarely practises the rare ones. Here a row is picked with
+    probability `fraction`; in it one attribute, uniform over the 40, is set to 1 or
+    0 with equal odds, on top of the real vector (so the rest stays plausible).
+
+    Args:
+      key: PRNG key.
+      attrs: float {0, 1} [B, A] real attribute vectors.
+      fraction: probability that a row gets a forced attribute, in [0, 1].
+
+    Returns:
+      float [B, A].
+    """
+    k_row, k_attr, k_val = jax.random.split(key, 3)
+    B, A = attrs.shape
+    picked = jax.random.bernoulli(k_row, fraction, (B, 1))  # [B, 1]
+    which = jax.nn.one_hot(jax.random.randint(k_attr, (B,), 0, A), A, dtype=bool)  # [B, A]
+    value = jax.random.bernoulli(k_val, 0.5, (B, 1)).astype(attrs.dtype)  # [B, 1]
+    return jnp.where(picked & which, value, attrs)
+
+
+def make_guidance(config: Any) -> Callable[[jax.Array, jax.Array], jax.Array] | None:
+    """Classifier guidance: `guide(images, attrs) -> loss`, or None when off.
+
+    With `config.loss.guide_classifier` (a folder written by
+    `data_prep.train_attribute_classifier`) and `config.loss.guide_weight` > 0, G's
+    loss adds `guide_weight * BCE(classifier logits - threshold logits, requested
+    attributes)`, summed over the attributes that classifier reads reliably and
+    averaged over images. The classifier is frozen (its weights are constants of the
+    compiled step). It must not be the classifier that judges the run: a generator
+    can learn to fool the classifier it trained against without drawing the attribute.
+    """
+    folder = os.path.expanduser(config.loss.get("guide_classifier") or "")
+    weight = float(config.loss.get("guide_weight", 0.0))
+    if not folder or weight == 0:
+        return None
+    from facegan_jax.data.celeba_attributes import attribute_index
+    from facegan_jax.metrics import attributes as attributes_lib
+
+    classifier = attributes_lib.load(folder)
+    net, size = classifier.net, classifier.image_size
+    params = jax.tree.map(jnp.asarray, classifier.params)
+    offset = jnp.asarray(classifier.threshold_logits, jnp.float32)  # [40]
+    mask = np.zeros(offset.shape, np.float32)
+    for name in classifier.reliable_attributes():
+        mask[attribute_index(name)] = 1.0
+
+    def guide(images: jax.Array, attrs: jax.Array) -> jax.Array:
+        x = images.astype(jnp.float32)
+        if x.shape[1] != size:
+            shape = (x.shape[0], size, size, x.shape[3])
+            x = jax.image.resize(x, shape, "linear", antialias=True)
+        logits, _ = net.apply({"params": params}, x)  # [B, 40]
+        z = logits - offset  # 0 at the calibrated decision threshold
+        per = attrs * jax.nn.softplus(-z) + (1 - attrs) * jax.nn.softplus(z)  # [B, 40]
+        return weight * jnp.mean(jnp.sum(per * mask, axis=-1))
+
+    return guide
+
+
+def validate_schedule(config: Any) -> None:
+    """Raises a ValueError naming the field if the step's settings are not usable.
+
+    Checks the update schedule, `n_critic`, the DiffAugment policy and the R1 fields.
+    """
+    if config.train.schedule not in SCHEDULES:
+        raise ValueError(
+            f"config.train.schedule={config.train.schedule!r} is not known; known: {SCHEDULES}"
+        )
+    if config.train.n_critic < 1:
+        raise ValueError(f"config.train.n_critic={config.train.n_critic} must be >= 1")
+    if config.train.schedule == "simultaneous" and config.train.n_critic != 1:
+        raise ValueError(
+            "config.train.n_critic must be 1 with config.train.schedule='simultaneous'"
+        )
+    augment_lib.parse_policy(config.train.get("diffaugment", ""))
+    r1_gamma, r1_every = config.loss.get("r1_gamma", 0.0), config.loss.get("r1_every", 1)
+    if not r1_gamma >= 0:
+        raise ValueError(f"config.loss.r1_gamma={r1_gamma} must be >= 0 (0 disables R1)")
+    if int(r1_every) != r1_every or r1_every < 1:
+        raise ValueError(f"config.loss.r1_every={r1_every} must be an integer >= 1")
+    balanced = config.train.get("balanced_requests", 0.0)
+    if not 0 <= balanced <= 1:
+        raise ValueError(f"config.train.balanced_requests={balanced} must be in [0, 1]")
+    guide_weight = config.loss.get("guide_weight", 0.0)
+    if not guide_weight >= 0:
+        raise ValueError(f"config.loss.guide_weight={guide_weight} must be >= 0")
+    folder = config.loss.get("guide_classifier")
+    if folder and not os.path.isfile(os.path.join(os.path.expanduser(folder), "classifier.json")):
+        raise ValueError(
+            f"config.loss.guide_classifier={folder!r} is not an attribute classifier folder; "
+            "train one with `python -m data_prep.train_attribute_classifier --out FOLDER`"
+        )
+
+
+def make_train_step(
+    config: Any,
+    generator: nn.Module,
+    discriminator: nn.Module,
+    g_tx: optax.GradientTransformation,
+    d_tx: optax.GradientTransformation,
+) -> Callable[[GanState, Batch], tuple[GanState, Metrics]]:
+    """Builds the pure train step for `config` (see the module docstring).
+
+    The batch holds `n_critic * B` real images (and attributes); B fake images
+    are generated per D update.
+    """
+    validate_schedule(config)
+    adv = losses.get_loss(config.loss.name)
+    conditional = bool(config.model.num_attributes)
+    n_critic = config.train.n_critic
+    aux_weight = config.loss.aux_weight
+    g_aux_weight = config.loss.g_aux_weight
+    aux_reduction = config.loss.aux_reduction
+    aux_on_fake = config.loss.aux_on_fake
+    z_dim = config.model.z_dim
+    ema_decay = config.train.ema_decay
+    # .get: configs saved before these fields existed mean "off".
+    augment = augment_lib.make_augment(config.train.get("diffaugment", ""))
+    r1_gamma = float(config.loss.get("r1_gamma", 0.0))
+    r1_every = int(config.loss.get("r1_every", 1))
+    balanced = float(config.train.get("balanced_requests", 0.0))
+    guide = make_guidance(config) if conditional else None
+
+    def g_apply(g_params: PyTree, g_vars: PyTree, z: jax.Array, attrs: jax.Array | None):
+        images, updates = generator.apply(
+            {"params": g_params, **g_vars}, z, attrs, train=True, mutable=_MUTABLE
+        )
+        return images, {**g_vars, **updates}
+
+    def d_apply(d_params: PyTree, d_vars: PyTree, images: jax.Array, attrs, key: jax.Array):
+        # Conditional discriminators also see the attributes (projection conditioning).
+        inputs = (images, attrs) if conditional else (images,)
+        (logits, attr_logits), updates = discriminator.apply(
+            {"params": d_params, **d_vars},
+            *inputs,
+            train=True,
+            mutable=_MUTABLE,
+            rngs={"dropout": key},
+        )
+        return logits, attr_logits, {**d_vars, **updates}
+
+    def d_apply_augmented(d_params, d_vars, images, attrs, key: jax.Array):
+        """`d_apply` on DiffAugmented images (the transform drawn from `key`'s own stream)."""
+        if augment is not None:
+            images = augment(jax.random.fold_in(key, _AUGMENT_STREAM), images)
+        return d_apply(d_params, d_vars, images, attrs, key)
+
+    def r1_term(d_params, d_vars, real, real_attrs, key, step):
+        """The lazy R1 term of one D update: r1_every * R1 on R1 steps, else 0 (not computed).
+
+        Uses the same augmentation and dropout draws as the update's real pass; its
+        BatchNorm statistics updates are discarded (the real pass already made them).
+        """
+
+        def penalty(params):
+            def logits_fn(images):
+                return d_apply_augmented(params, d_vars, images, real_attrs, key)[0]
+
+            return r1_every * losses.r1_penalty(logits_fn, real, r1_gamma)
+
+        if r1_every == 1:
+            return penalty(d_params)
+        return jax.lax.cond(
+            step % r1_every == 0, penalty, lambda _: jnp.zeros((), jnp.float32), d_params
+        )
+
+    def d_loss_from_logits(real_out, fake_out, targets, real_attrs, fake_attrs):
+        real_logits, real_attr_logits = real_out
+        fake_logits, fake_attr_logits = fake_out
+        loss = adv.d_loss(real_logits, fake_logits, *targets)
+        if conditional:
+            loss += aux_weight * losses.attribute_loss(real_attr_logits, real_attrs, aux_reduction)
+            if aux_on_fake:
+                loss += aux_weight * losses.attribute_loss(
+                    fake_attr_logits, fake_attrs, aux_reduction
+                )
+        return loss
+
+    def g_loss_from_logits(fake_out, fake_attrs):
+        fake_logits, fake_attr_logits = fake_out
+        loss = adv.g_loss(fake_logits)
+        if conditional:
+            loss += g_aux_weight * losses.attribute_loss(
+                fake_attr_logits, fake_attrs, aux_reduction
+            )
+        return loss
+
+    def sample_inputs(key: jax.Array, batch: int, real_attrs: jax.Array | None):
+        k_z, k_attr = jax.random.split(key)
+        z = jax.random.normal(k_z, (batch, z_dim), jnp.float32)  # [B, Z]
+        if not conditional:
+            return z, None
+        # Fake attributes are real attribute vectors (shuffled), so the joint
+        # distribution of attributes matches the data's.
+        k_perm, k_bal = jax.random.split(k_attr)
+        attrs = jax.random.permutation(k_perm, real_attrs, axis=0)  # [B, 40]
+        if balanced:
+            attrs = balance_requests(k_bal, attrs, balanced)
+        return z, attrs
+
+    def d_update(state: GanState, real, real_attrs, fake, fake_attrs, key):
+        """One D update on real and (detached) fake images; returns (state, metrics)."""
+        k_t, k_real, k_fake = jax.random.split(key, 3)
+        targets = losses.discriminator_targets(k_t, real.shape[0], config.loss)
+
+        def loss_fn(d_params):
+            r_logits, r_attr, d_vars = d_apply_augmented(
+                d_params, state.d_vars, real, real_attrs, k_real
+            )
+            f_logits, f_attr, d_vars = d_apply_augmented(d_params, d_vars, fake, fake_attrs, k_fake)
+            loss = d_loss_from_logits(
+                (r_logits, r_attr), (f_logits, f_attr), targets, real_attrs, fake_attrs
+            )
+            r1 = jnp.zeros((), jnp.float32)
+            if r1_gamma:
+                r1 = r1_term(d_params, state.d_vars, real, real_attrs, k_real, state.step)
+            return loss + r1, (d_vars, r_logits, f_logits, r_attr, loss, r1)
+
+        (_, (d_vars, r_logits, f_logits, r_attr, loss, r1)), grads = jax.value_and_grad(
+            loss_fn, has_aux=True
+        )(state.d_params)
+        updates, d_opt_state = d_tx.update(grads, state.d_opt_state, state.d_params)
+        state = state.replace(
+            d_params=optax.apply_updates(state.d_params, updates),
+            d_vars=d_vars,
+            d_opt_state=d_opt_state,
+        )
+        metrics = {
+            "d_loss": loss,
+            "d_real": jax.nn.sigmoid(r_logits).mean(),
+            "d_fake": jax.nn.sigmoid(f_logits).mean(),
+            "d_grad_norm": optax.global_norm(grads),
+        }
+        if r1_gamma:
+            metrics["d_r1"] = r1
+        if conditional:
+            metrics["d_attr_acc_real"] = ((r_attr > 0) == (real_attrs > 0.5)).mean()
+        return state, metrics
+
+    def g_update(state: GanState, g_grads: PyTree, g_vars: PyTree) -> GanState:
+        updates, g_opt_state = g_tx.update(g_grads, state.g_opt_state, state.g_params)
+        return state.replace(
+            g_params=optax.apply_updates(state.g_params, updates),
+            g_vars=g_vars,
+            g_opt_state=g_opt_state,
+        )
+
+    def alternating(state: GanState, batch: Batch, key: jax.Array):
+        real_all = batch["image"]
+        B = real_all.shape[0] // n_critic
+        attrs_all = batch["attributes"] if conditional else None
+        keys = jax.random.split(key, 2 * n_critic + 1)
+        metrics = {}
+        for i in range(n_critic):
+            real = real_all[i * B : (i + 1) * B]  # [B, H, W, C]
+            real_attrs = attrs_all[i * B : (i + 1) * B] if conditional else None
+            z, fake_attrs = sample_inputs(keys[2 * i], B, real_attrs)
+            if i < n_critic - 1:
+                fake, g_vars = g_apply(state.g_params, state.g_vars, z, fake_attrs)
+                state = state.replace(g_vars=g_vars)
+                state, metrics = d_update(
+                    state,
+                    real,
+                    real_attrs,
+                    jax.lax.stop_gradient(fake),
+                    fake_attrs,
+                    keys[2 * i + 1],
+                )
+                continue
+            # Last critic step: keep G's VJP to reuse this fake batch for the G update.
+            fake, g_vjp, g_vars = jax.vjp(
+                lambda p, z=z, a=fake_attrs, v=state.g_vars: g_apply(p, v, z, a),
+                state.g_params,
+                has_aux=True,
+            )
+            state, metrics = d_update(state, real, real_attrs, fake, fake_attrs, keys[2 * i + 1])
+
+        def g_loss_fn(fake_images):
+            f_logits, f_attr, d_vars = d_apply_augmented(
+                state.d_params, state.d_vars, fake_images, fake_attrs, keys[-1]
+            )
+            loss = g_loss_from_logits((f_logits, f_attr), fake_attrs)
+            guide_loss = jnp.zeros((), jnp.float32)
+            if guide is not None:
+                guide_loss = guide(fake_images, fake_attrs)
+            return loss + guide_loss, (d_vars, guide_loss)
+
+        (g_loss, (d_vars, guide_loss)), fake_grad = jax.value_and_grad(g_loss_fn, has_aux=True)(
+            fake
+        )
+        (g_grads,) = g_vjp(fake_grad)
+        state = g_update(state.replace(d_vars=d_vars), g_grads, g_vars)
+        metrics.update(g_loss=g_loss, g_grad_norm=optax.global_norm(g_grads))
+        if guide is not None:
+            metrics["g_guide"] = guide_loss
+        return state, metrics
+
+    def simultaneous(state: GanState, batch: Batch, key: jax.Array):
+        real = batch["image"]
+        B = real.shape[0]
+        real_attrs = batch["attributes"] if conditional else None
+        k_in, k_t, k_real, k_fake = jax.random.split(key, 4)
+        z, fake_attrs = sample_inputs(k_in, B, real_attrs)
+        targets = losses.discriminator_targets(k_t, B, config.loss)
+        fake, g_vjp, g_vars = jax.vjp(
+            lambda p: g_apply(p, state.g_vars, z, fake_attrs), state.g_params, has_aux=True
+        )
+
+        def d_outputs(d_params, fake_images):
+            r_logits, r_attr, d_vars = d_apply_augmented(
+                d_params, state.d_vars, real, real_attrs, k_real
+            )
+            f_logits, f_attr, d_vars = d_apply_augmented(
+                d_params, d_vars, fake_images, fake_attrs, k_fake
+            )
+            return ((r_logits, r_attr), (f_logits, f_attr)), d_vars
+
+        outs, d_vjp, d_vars = jax.vjp(d_outputs, state.d_params, fake, has_aux=True)
+        d_loss, d_cot = jax.value_and_grad(
+            lambda o: d_loss_from_logits(o[0], o[1], targets, real_attrs, fake_attrs)
+        )(outs)
+        g_loss, g_cot = jax.value_and_grad(lambda o: g_loss_from_logits(o[1], fake_attrs))(outs)
+        d_grads, _ = d_vjp(d_cot)
+        _, fake_grad = d_vjp(g_cot)
+        if guide is not None:
+            guide_loss, guide_grad = jax.value_and_grad(guide)(fake, fake_attrs)
+            g_loss, fake_grad = g_loss + guide_loss, fake_grad + guide_grad
+        (g_grads,) = g_vjp(fake_grad)
+        if r1_gamma:
+            r1, r1_grads = jax.value_and_grad(r1_term)(
+                state.d_params, state.d_vars, real, real_attrs, k_real, state.step
+            )
+            d_grads = jax.tree.map(jnp.add, d_grads, r1_grads)
+        d_updates, d_opt_state = d_tx.update(d_grads, state.d_opt_state, state.d_params)
+        state = state.replace(
+            d_params=optax.apply_updates(state.d_params, d_updates),
+            d_vars=d_vars,
+            d_opt_state=d_opt_state,
+        )
+        state = g_update(state, g_grads, g_vars)
+        (r_logits, r_attr), (f_logits, _) = outs
+        metrics = {
+            "d_loss": d_loss,
+            "g_loss": g_loss,
+            "d_real": jax.nn.sigmoid(r_logits).mean(),
+            "d_fake": jax.nn.sigmoid(f_logits).mean(),
+            "d_grad_norm": optax.global_norm(d_grads),
+            "g_grad_norm": optax.global_norm(g_grads),
+        }
+        if r1_gamma:
+            metrics["d_r1"] = r1
+        if conditional:
+            metrics["d_attr_acc_real"] = ((r_attr > 0) == (real_attrs > 0.5)).mean()
+        if guide is not None:
+            metrics["g_guide"] = guide_loss
+        return state, metrics
+
+    update = alternating if config.train.schedule == "alternating" else simultaneous
+
+    def train_step(state: GanState, batch: Batch) -> tuple[GanState, Metrics]:
+        key = jax.random.fold_in(state.key, state.step)
+        state, metrics = update(state, batch, key)
+        state = state.replace(
+            step=state.step + 1, examples_seen=state.examples_seen + batch["image"].shape[0]
+        )
+        state = update_ema(state, ema_decay)
+        return state, metrics
+
+    return train_step

@@ -150,6 +150,11 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     config.sample_every_steps = 250
     config.num_control_samples = 64
     config.checkpoint_every_steps = 500
+    # Wall-clock budgets in minutes of training (compilation excluded; 0: off): stop
+    # with a checkpoint after `train_minutes`, and also checkpoint every
+    # `checkpoint_every_minutes` (equal-wall-clock comparisons, cluster time limits).
+    config.train_minutes = 0.0
+    config.checkpoint_every_minutes = 0.0
     config.max_checkpoints_to_keep = 3
 
     # ------------------------------------------------------------------ FID

@@ -133,6 +133,7 @@ def train(
     *,
     learning_rate: float = 2e-3,
     widths: tuple[int, ...] | None = None,
+    feature_dim: int = 256,
     pos_weight_max: float = 10.0,
     seed: int = 0,
     synthetic_num_train: int | None = None,
@@ -151,6 +152,7 @@ def train(
       batch_size: images per step.
       learning_rate: Adam's peak learning rate.
       widths: network widths (None: `attributes.default_widths(image_size)`).
+      feature_dim: penultimate feature size.
       pos_weight_max: cap of the rare-attribute positive weights; 0 disables them.
       seed: initialisation, augmentation and batch order.
       synthetic_num_train: synthetic_faces train size (None: default).
@@ -209,6 +211,7 @@ def train(
         steps=steps,
         learning_rate=learning_rate,
         widths=widths,
+        feature_dim=feature_dim,
         seed=seed,
         data_name=data,
     )
@@ -245,6 +248,7 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--widths", default="", help="comma-separated block widths (default: by image size)"
     )
+    parser.add_argument("--feature_dim", type=int, default=256, help="penultimate feature size")
     parser.add_argument(
         "--pos_weight_max", type=float, default=10.0, help="cap of rare-attribute weights; 0: off"
     )
@@ -279,6 +283,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.batch_size,
             learning_rate=args.learning_rate,
             widths=widths,
+            feature_dim=args.feature_dim,
             pos_weight_max=args.pos_weight_max,
             seed=args.seed,
             synthetic_num_train=args.synthetic_num_train,

@@ -13,6 +13,9 @@ from tests.test_race import _fake_celeba
 from tools import ablate, wallclock
 from tools.ablate import Variant
 
+# Minutes of training or subprocesses: outside the fast subset (`-m "not slow"`).
+pytestmark = pytest.mark.slow
+
 # A 64x64 recipe small enough to compile and train for seconds on one core.
 TINY = (
     "--config.model.g_dim=4",

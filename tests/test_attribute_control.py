@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import jax
+import pytest
 
 from configs import acgan32_control
 from facegan_jax.metrics import attributes
 from facegan_jax.training import components, train
+
+# Minutes of training or subprocesses: outside the fast subset (`-m "not slow"`).
+pytestmark = pytest.mark.slow
 
 
 def test_control_recipe_makes_eyeglasses_controllable_in_800_steps(

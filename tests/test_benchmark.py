@@ -6,8 +6,13 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from facegan_jax.cli.benchmark import cpu_peak_gflops
 from tests.conftest import REPO_ROOT
+
+# Minutes of training or subprocesses: outside the fast subset (`-m "not slow"`).
+pytestmark = pytest.mark.slow
 
 _ZEN3 = "processor\t: 0\ncpu MHz\t\t: 2445.404\nflags\t\t: fpu sse sse2 fma avx avx2 bmi2\n"
 _SKYLAKE = "cpu MHz\t\t: 3000.000\nflags\t\t: sse2 fma avx avx2 avx512f avx512bw\n"

@@ -21,7 +21,12 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 from tests.conftest import REPO_ROOT
+
+# Minutes of training or subprocesses: outside the fast subset (`-m "not slow"`).
+pytestmark = pytest.mark.slow
 
 NUM_DEVICES = 8
 

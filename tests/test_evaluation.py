@@ -62,6 +62,12 @@ def test_attribute_hook_reports_fd_attr_and_control_per_reliable_attribute(
     assert set(per) == set(reliable)
     assert all(0.0 <= v <= 1.0 for v in per.values())
     np.testing.assert_allclose(scalars["eval/attr_control"], np.mean(list(per.values())))
+    # Quality per condition: PRDC in the classifier's space and the conditional FD.
+    for name in ("precision", "recall", "density", "coverage"):
+        assert np.isfinite(scalars[f"eval/{name}"]) and scalars[f"eval/{name}"] >= 0
+    cond = {k.split("/")[-1]: v for k, v in scalars.items() if k.startswith("eval/cond_fd/")}
+    assert set(cond) == set(reliable) and all(v > 0 for v in cond.values() if np.isfinite(v))
+    np.testing.assert_allclose(scalars["eval/cond_fd"], np.nanmean(list(cond.values())))
 
 
 def test_attribute_hook_is_off_by_default_and_needs_a_classifier():
@@ -79,9 +85,11 @@ def test_evaluate_cli_prints_the_control_table_and_writes_json(
     args = [f"--workdir={acgan_workdir}", f"--classifier={saved_folder}", "--num-samples=32"]
     assert evaluate_cli.main([*args, "--n-per-side=8", "--batch-size=16", f"--json={out}"]) == 0
     text = capsys.readouterr().out
-    assert text.startswith("fd_attr ") and "attribute control" in text and "  mean " in text
+    assert text.startswith("fd_attr ") and "attribute control" in text and "mean control" in text
+    assert "precision " in text and "coverage " in text and "cond_fd " in text
     metrics = json.loads(out.read_text())
     assert metrics["fd_attr"] > 0 and 0 <= metrics["attr_control"]["mean"] <= 1
+    assert metrics["prdc"]["precision"] >= 0 and metrics["cond_fd"]["mean"] > 0
 
 
 def test_evaluate_cli_bad_input_is_one_line_and_exit_2(acgan_workdir, tmp_path, capsys):

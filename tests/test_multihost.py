@@ -25,6 +25,9 @@ import pytest
 from facegan_jax import distributed
 from tests.conftest import REPO_ROOT
 
+# Minutes of training or subprocesses: outside the fast subset (`-m "not slow"`).
+pytestmark = pytest.mark.slow
+
 NUM_PROCESSES = 2
 # Tiny and short: 4 steps, checkpoints at 2 and 4, one sample grid at 4.
 _OVERRIDES = (

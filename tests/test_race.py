@@ -13,6 +13,9 @@ from PIL import Image
 from tests.helpers import tiny_config
 from tools import race, race_data, wallclock
 
+# Minutes of training or subprocesses: outside the fast subset (`-m "not slow"`).
+pytestmark = pytest.mark.slow
+
 
 # ------------------------------------------------------------------------------ schedule
 @pytest.mark.parametrize(

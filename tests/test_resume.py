@@ -16,6 +16,9 @@ import pytest
 from facegan_jax.training import checkpointing, components, train
 from tests.helpers import load_config_file
 
+# Minutes of training or subprocesses: outside the fast subset (`-m "not slow"`).
+pytestmark = pytest.mark.slow
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TOTAL_STEPS = 12
 # sample_every_steps=1 renders a grid every step: slow enough to be killed mid-run.

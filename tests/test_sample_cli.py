@@ -317,3 +317,35 @@ def _fit_and_walk(dc_workdir, tmp_path, capsys):
     )
     rc, _, err = _run(capsys, "--workdir", dc_workdir, "--edit", "Smiling", "--out", "x.png")
     assert rc == 2 and "no direction for Smiling" in err
+
+
+def test_attribute_grid_rows_are_each_attribute_off_then_on_columns_the_seeds(
+    ac_workdir, dc_workdir, tmp_path, capsys
+):
+    generate, variables, _ = components.load_generator(ac_workdir)
+    seeds = np.arange(3)
+    pool_vectors = np.asarray(generate.attributes(seeds))
+    z = np.asarray(generate.latents(seeds))
+    rc, out, _ = _run(
+        capsys, "--workdir", ac_workdir, "--seeds", "0-2",
+        "--attribute-grid", "Smiling,Eyeglasses", "--out-dir", tmp_path / "grid",
+        "--out", tmp_path / "grid.png",
+    )  # fmt: skip
+    assert rc == 0 and "2 attributes off/on x 3 seeds" in out
+    for name, index in (("Smiling", SMILING), ("Eyeglasses", EYEGLASSES)):
+        for value, label in ((0.0, "off"), (1.0, "on")):
+            vectors = pool_vectors.copy()
+            vectors[:, index] = value  # only that attribute differs from the seed's real vector
+            expected = sampling.to_uint8(
+                sampling.generate_latents_in_batches(generate, variables, z, 3, vectors)
+            )
+            for i in seeds:
+                got = _png(tmp_path / "grid" / f"{name}_{label}_seed_{i:05d}.png")
+                np.testing.assert_array_equal(got, expected[i])
+    # The grid: 4 rows (Smiling off, on, Eyeglasses off, on) of 3 columns.
+    grid = _png(tmp_path / "grid.png")
+    assert grid.shape[0] > grid.shape[1]  # 4 rows of 3
+    rc, _, err = _run(
+        capsys, "--workdir", dc_workdir, "--attribute-grid", "Smiling", "--out", tmp_path / "x.png"
+    )
+    assert rc == 2 and "unconditional: --attribute-grid needs a conditional model" in err

@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         generate, variables, config = components.load_generator(args.workdir, step=args.step)
         generate = generate.as_batched()  # metrics: the fast batched path
         pool = components.load_attribute_pool(args.workdir) if config.model.num_attributes else None
-        real = evaluation.real_attribute_features(
+        real, real_labels = evaluation.real_attribute_reference(
             config, classifier, args.num_samples, args.workdir
         )
     except (ValueError, FileNotFoundError, OSError) as e:
@@ -67,15 +67,32 @@ def main(argv: list[str] | None = None) -> int:
         batch_size=args.batch_size,
         pool=pool,
         n_per_side=args.n_per_side,
+        real_labels=real_labels,
     )
     print(f"fd_attr {result['fd_attr']:.3f}  ({args.num_samples} generated vs {len(real)} real)")
-    control = result["attr_control"]
+    if result["prdc"] is not None:
+        print("  ".join(f"{k} {v:.3f}" for k, v in result["prdc"].items()) + "  (classifier space)")
+    control, cond = result["attr_control"], result["cond_fd"]
     if control is not None:
-        print(f"attribute control ({control['n_per_side']} images per side, balanced accuracy):")
+        print(
+            f"attribute control ({control['n_per_side']} images per side, balanced accuracy) and "
+            "conditional FD (generated vs real with / without the attribute):"
+        )
+        print(f"  {'attribute':22s} {'control':>7s}  {'judge':>5s}  {'cfd_on':>7s} {'cfd_off':>7s}")
         for name, score in control["per_attribute"].items():
             j = attribute_index(name)
-            print(f"  {name:22s} {score:.3f}  (classifier {classifier.balanced_accuracy[j]:.3f})")
-        print(f"  {'mean':22s} {control['mean']:.3f}  over {len(control['attributes'])} attributes")
+            sides = (
+                cond["per_attribute"][name] if cond else {"on": float("nan"), "off": float("nan")}
+            )
+            print(
+                f"  {name:22s} {score:7.3f}  {classifier.balanced_accuracy[j]:5.3f}  "
+                f"{sides['on']:7.2f} {sides['off']:7.2f}"
+            )
+        mean_cfd = f"  cond_fd {cond['mean']:.2f}" if cond else ""
+        print(
+            f"  mean control {control['mean']:.3f} over {len(control['attributes'])} attributes"
+            f"{mean_cfd}"
+        )
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2, default=float)

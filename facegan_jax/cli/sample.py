@@ -7,6 +7,8 @@ r"""Sampling CLI: images, walks and attribute edits from a training workdir's (E
   python -m facegan_jax.sample --workdir runs/acgan64 --seeds 0-15 --attrs Smiling=1,Eyeglasses=0 \
       --out smiling.png
   python -m facegan_jax.sample --workdir runs/acgan64 --seeds 0-7 --edit Smiling --out edit.png
+  python -m facegan_jax.sample --workdir runs/celeba64_control --seeds 0-7 \
+      --attribute-grid Smiling,Eyeglasses,Male --out grid.png
   python -m facegan_jax.sample --workdir runs/default --fit-directions --classifier attr_synth32
   python -m facegan_jax.sample --workdir runs/default --seeds 0-7 --edit Eyeglasses \
       --strength -3:3:7 --out glasses.png
@@ -140,6 +142,12 @@ def build_parser() -> argparse.ArgumentParser:
     edit = parser.add_argument_group("attribute editing")
     edit.add_argument("--edit", metavar="ATTRIBUTE", help="edit this attribute, a row per seed")
     edit.add_argument(
+        "--attribute-grid",
+        metavar="A,B,...",
+        help="conditional models: for each attribute a row with it off, then a row with it on; "
+        "a column per seed (the other attributes from each seed's real vector)",
+    )
+    edit.add_argument(
         "--strength",
         default=None,
         help="columns of --edit: start:stop:count or a list. Conditional models: attribute "
@@ -163,8 +171,8 @@ def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
     """Argument combinations, before anything is loaded (argparse's usage error, exit 2)."""
     if args.batch_size < 1:
         parser.error("--batch-size must be >= 1")
-    if args.interpolate and args.edit:
-        parser.error("give --interpolate or --edit, not both")
+    if sum(bool(x) for x in (args.interpolate, args.edit, args.attribute_grid)) > 1:
+        parser.error("give one of --interpolate, --edit and --attribute-grid")
     if args.interpolate and args.seeds is not None:
         parser.error("--interpolate names its own seeds; drop --seeds")
     if args.fit_directions and not args.classifier:
@@ -204,8 +212,16 @@ def _run(args: argparse.Namespace) -> None:
         sampling.interpolation_schedule(len(keys), args.frames)
         if args.out and not args.out.lower().endswith(".png"):
             sampling.check_animation_path(args.out)
-    seeds = sampling.parse_seeds(args.seeds or (DEFAULT_EDIT_SEEDS if args.edit else DEFAULT_SEEDS))
+    editing_seeds = args.edit or args.attribute_grid
+    seeds = sampling.parse_seeds(
+        args.seeds or (DEFAULT_EDIT_SEEDS if editing_seeds else DEFAULT_SEEDS)
+    )
     edit_index = sampling.resolve_attribute(args.edit) if args.edit else None
+    grid_indices = (
+        [sampling.resolve_attribute(a.strip()) for a in args.attribute_grid.split(",")]
+        if args.attribute_grid
+        else None
+    )
     strengths = parse_strengths(args.strength) if args.strength else None
 
     runtime.setup(tensorflow=False)
@@ -230,6 +246,13 @@ def _run(args: argparse.Namespace) -> None:
         _interpolate(args, generate, variables, keys, values)
     elif edit_index is not None:
         _edit(args, generate, variables, seeds, values, edit_index, strengths)
+    elif grid_indices is not None:
+        if not conditional:
+            raise ValueError(
+                f"{args.workdir}'s generator is unconditional: --attribute-grid needs a "
+                "conditional model (unconditional ones: --fit-directions, then --edit)"
+            )
+        _attribute_grid(args, generate, variables, seeds, values, grid_indices)
     elif args.out or args.out_dir:
         z, attrs = _inputs(generate, seeds, values, args.truncation)
         images = sampling.generate_latents_in_batches(
@@ -331,6 +354,21 @@ def _edit(args, generate, variables, seeds, values, index, strengths) -> None:
         classifier = attributes.load(classifier_folder)
         for line in editing.walk_report(classifier, images, name, strengths).lines():
             print(line)
+
+
+def _attribute_grid(args, generate, variables, seeds, values, indices) -> None:
+    """Rows: each attribute off, then on; columns: the seeds (same latent down a column)."""
+    render = _render(args, generate, variables)
+    z, attrs = _inputs(generate, seeds, values, args.truncation)
+    rows, names = [], []
+    for index in indices:
+        images = editing.conditional_edit(render, z, attrs, index, [0.0, 1.0])  # [N, 2, ...]
+        rows.append(np.swapaxes(images, 0, 1))  # [2, N, ...]
+        name = CELEBA_ATTRIBUTES[index]
+        names += [f"{name}_{v}_seed_{s:05d}.png" for v in ("off", "on") for s in seeds]
+    grid = np.concatenate(rows).reshape(-1, *rows[0].shape[2:])
+    what = f"images ({len(indices)} attributes off/on x {len(seeds)} seeds)"
+    _write_images(args, grid, names, what, ncols=len(seeds))
 
 
 def _fit_directions(args, generate, variables) -> None:

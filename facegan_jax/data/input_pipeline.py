@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import collections
 import itertools
-import os
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
@@ -39,6 +38,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from facegan_jax import workdir as workdir_lib
 from facegan_jax.data import celeba_local, face_renderer
 from facegan_jax.data.celeba_attributes import CELEBA_ATTRIBUTES, NUM_ATTRIBUTES
 
@@ -48,14 +48,6 @@ RESIZE_METHODS = ("bilinear", "bicubic")  # config.data.resize; both antialiased
 # Upper bound for the epoch counter of a repeated dataset (effectively infinite).
 _MAX_EPOCHS = 2**40
 PREPARE_COMMAND = "python -m data_prep.prepare_celeba --manual_dir DIR --data_dir DATA_DIR"
-
-
-def expand_path(path: str | None) -> str | None:
-    """`~` expanded in a local path from a flag or config field (the shell does not expand
-    `~` after `=`); URLs (`gs://...`) and empty values unchanged."""
-    if not path or "://" in path:
-        return path
-    return os.path.expanduser(path)
 
 
 def _is_prepared(builder: tfds.core.DatasetBuilder) -> bool:
@@ -85,7 +77,7 @@ def get_builder(
     Raises:
       ValueError: unknown name, or a CelebA dataset that has not been prepared.
     """
-    name, data_dir = data_config.name, expand_path(data_config.tfds_data_dir)
+    name, data_dir = data_config.name, workdir_lib.expand_path(data_config.tfds_data_dir)
     if name == "synthetic_faces":
         from facegan_jax.data import synthetic_faces
 

@@ -343,6 +343,15 @@ def check_widths(widths: Sequence[int], image_size: int) -> None:
 
 
 # ------------------------------------------------------------------ load
+def check_folder(folder: str | None, field: str) -> None:
+    """Raises a ValueError naming config field `field` unless `folder` holds a classifier."""
+    if not folder or not (Path(folder).expanduser() / CONFIG_FILE).is_file():
+        raise ValueError(
+            f"{field}={folder!r} is not an attribute classifier folder; "
+            "train one with `python -m data_prep.train_attribute_classifier --out FOLDER`"
+        )
+
+
 def load(folder: str | os.PathLike) -> Classifier:
     """Loads a classifier saved by `Classifier.save`.
 
@@ -358,7 +367,7 @@ def load(folder: str | os.PathLike) -> Classifier:
         config) or whose arrays do not match the config's network. The message
         names the file and says how to rebuild the folder.
     """
-    folder = Path(folder)
+    folder = Path(folder).expanduser()
     config_path = folder / CONFIG_FILE
 
     def fail(path: Path, what: str) -> ClassifierFileError:

@@ -300,26 +300,45 @@ def real_attribute_features(
     config: Any, classifier: Any, num_samples: int, workdir: str | None = None
 ) -> np.ndarray:
     """Classifier features [n, F] of the config's held-out split (cached in `workdir` if given)."""
+    return real_attribute_reference(config, classifier, num_samples, workdir)[0]
+
+
+def real_attribute_reference(
+    config: Any, classifier: Any, num_samples: int, workdir: str | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(classifier features [n, F], attribute labels [n, 40]) of the held-out split.
+
+    Cached in `workdir` (if given) under a name that identifies the data and the
+    classifier; the labels are what the conditional Frechet distances split by.
+    """
     data = config.data
     name = (
         f"{data.name}_{data.eval_split}_{data.image_size}px_{data.channels}ch_{data.crop}_"
-        f"n{num_samples}_{_fingerprint(classifier)}.npy"
+        f"n{num_samples}_{_fingerprint(classifier)}"
     ).replace("/", "_")
-    path = Path(workdir_lib.attr_reference_dir(workdir)) / name if workdir else None
-    if path is not None and path.exists():
-        return np.load(path)
+    folder = Path(workdir_lib.attr_reference_dir(workdir)) if workdir else None
+    paths = (folder / f"{name}.npy", folder / f"{name}.labels.npy") if folder else None
+    if paths is not None and all(p.exists() for p in paths):
+        return np.load(paths[0]), np.load(paths[1])
     from facegan_jax.metrics import attributes
 
     dataset = _eval_split(config, config.attr_eval.batch_size)
-    feats = attributes.collect_features(
-        classifier, (_rgb(b["image"]) for b in dataset.as_numpy_iterator()), num_samples
-    )
-    if path is not None and jax.process_index() == 0:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp.npy")
-        np.save(tmp, feats)
-        os.replace(tmp, path)
-    return feats
+    labels: list[np.ndarray] = []
+
+    def images() -> Any:
+        for b in dataset.as_numpy_iterator():
+            labels.append(np.asarray(b["attributes"], np.float32))
+            yield _rgb(b["image"])
+
+    feats = attributes.collect_features(classifier, images(), num_samples)
+    labels_all = np.concatenate(labels)[: len(feats)] if labels else np.zeros((0, 40), np.float32)
+    if paths is not None and jax.process_index() == 0:
+        folder.mkdir(parents=True, exist_ok=True)
+        for path, array in zip(paths, (feats, labels_all)):
+            tmp = path.with_suffix(".tmp.npy")
+            np.save(tmp, array)
+            os.replace(tmp, path)
+    return feats, labels_all
 
 
 def _fingerprint(classifier: Any) -> str:
@@ -346,8 +365,11 @@ def attribute_metrics(
     pool: np.ndarray | None = None,
     n_per_side: int = 100,
     seed: int = 0,
+    real_labels: np.ndarray | None = None,
+    nearest_k: int = 5,
 ) -> dict[str, Any]:
-    """fd_attr of a generator and, for conditional ones, attribute-control accuracy.
+    """fd_attr, precision/recall/density/coverage of a generator and, for conditional
+    ones, attribute-control accuracy and conditional Frechet distances.
 
     Args:
       generate: `generate(variables, indices[, attributes]) -> images` in [-1, 1],
@@ -361,11 +383,17 @@ def attribute_metrics(
       pool: real attribute vectors [P, 40] for conditional generators, else None.
       n_per_side: control accuracy: images per attribute forced on (and as many off).
       seed: draws the control accuracy's vectors and latents.
+      real_labels: attribute labels [M, 40] of the real images behind
+        `real_features`; with them (and a pool) the conditional Frechet distances
+        are computed too.
+      nearest_k: k of precision/recall/density/coverage.
 
     Returns:
-      {'fd_attr': float, 'attr_control': {'per_attribute', 'mean', ...} or None}.
+      {'fd_attr': float, 'prdc': {'precision', 'recall', 'density', 'coverage'},
+      'attr_control': {'per_attribute', 'mean', ...} or None, 'cond_fd':
+      {'per_attribute': {name: {'on', 'off', 'mean'}}, 'mean', ...} or None}.
     """
-    from facegan_jax.metrics import attributes
+    from facegan_jax.metrics import attributes, conditional
 
     gen = generate
     feats = attributes.collect_features(
@@ -377,10 +405,14 @@ def attribute_metrics(
     )
     result: dict[str, Any] = {
         "fd_attr": attributes.fd_attr(feats, real_features),
+        "prdc": None,
         "attr_control": None,
+        "cond_fd": None,
     }
+    if min(len(feats), len(real_features)) > nearest_k:
+        result["prdc"] = conditional.prdc(real_features, feats, nearest_k)
     if pool is not None:
-        result["attr_control"] = attributes.attribute_control(
+        control = attributes.attribute_control(
             classifier,
             lambda idx, vec: _rgb(gen(gen_variables, idx, vec)),
             pool,
@@ -388,7 +420,38 @@ def attribute_metrics(
             seed=seed,
             batch_size=batch_size,
         )
+        result["attr_control"] = control
+        if real_labels is not None:
+            result["cond_fd"] = conditional.conditional_frechet_distances(
+                classifier,
+                lambda idx, vec: _rgb(gen(gen_variables, idx, vec)),
+                pool,
+                real_features,
+                real_labels,
+                control["attributes"],
+                n_per_side,
+                seed=seed,
+                batch_size=batch_size,
+            )
     return result
+
+
+def attribute_scalars(result: dict[str, Any]) -> dict[str, float]:
+    """`attribute_metrics`' result as flat `eval/...` scalars (what training logs)."""
+    scalars = {"eval/fd_attr": result["fd_attr"]}
+    for name, value in (result.get("prdc") or {}).items():
+        scalars[f"eval/{name}"] = value
+    control = result["attr_control"]
+    if control is not None:
+        scalars["eval/attr_control"] = control["mean"]
+        for name, score in control["per_attribute"].items():
+            scalars[f"eval/attr_control/{name}"] = score
+    cond = result.get("cond_fd")
+    if cond is not None:
+        scalars["eval/cond_fd"] = cond["mean"]
+        for name, sides in cond["per_attribute"].items():
+            scalars[f"eval/cond_fd/{name}"] = sides["mean"]
+    return scalars
 
 
 def make_attribute_hook(
@@ -413,7 +476,9 @@ def make_attribute_hook(
             "give a classifier folder (python -m data_prep.train_attribute_classifier)"
         )
     classifier = attributes.load(config.attr_eval.classifier)
-    real = real_attribute_features(config, classifier, config.attr_eval.num_samples, workdir)
+    real, real_labels = real_attribute_reference(
+        config, classifier, config.attr_eval.num_samples, workdir
+    )
     # Metrics average thousands of images: the batched path (one generator call per
     # batch), not `sample`'s bit-reproducible batch-1 path, which serialises a GPU.
     generate = sampling.make_batched_generate_fn(generator, config, seed=config.seed, pool=pool)
@@ -430,13 +495,8 @@ def make_attribute_hook(
             pool=pool,
             n_per_side=config.attr_eval.n_per_side,
             seed=config.seed,
+            real_labels=real_labels,
         )
-        scalars = {"eval/fd_attr": result["fd_attr"]}
-        control = result["attr_control"]
-        if control is not None:
-            scalars["eval/attr_control"] = control["mean"]
-            for name, score in control["per_attribute"].items():
-                scalars[f"eval/attr_control/{name}"] = score
-        return scalars
+        return attribute_scalars(result)
 
     return hook

@@ -158,6 +158,55 @@ class Progress:
         return {"steps_per_sec": rate, "images_per_sec": rate * self.examples_per_step}
 
 
+class Clock:
+    """Wall-clock budgets of a run: time-marked checkpoints and a deadline.
+
+    `config.checkpoint_every_minutes` saves a checkpoint at the first step after
+    every multiple of it, and `config.train_minutes` stops the run (with a
+    checkpoint) at the first step after it; both count training time from the
+    first completed step (compilation excluded) and are off at 0. This is what
+    equal-wall-clock comparisons (`tools.ablate`) and cluster time limits need.
+    With several processes the decision is process 0's, broadcast at log steps, so
+    every process saves and stops at the same step.
+    """
+
+    def __init__(self, train_minutes: float, every_minutes: float, check_every: int):
+        self.limit = train_minutes * 60.0 if train_minutes > 0 else None
+        self.every = every_minutes * 60.0 if every_minutes > 0 else None
+        self.check_every = check_every
+        self._start: float | None = None
+        self._next_mark = self.every
+
+    @property
+    def active(self) -> bool:
+        return self.limit is not None or self.every is not None
+
+    def start(self) -> None:
+        self._start = time.perf_counter()
+
+    def elapsed(self) -> float:
+        return 0.0 if self._start is None else time.perf_counter() - self._start
+
+    def due(self, step: int) -> tuple[bool, bool]:
+        """(save a time-marked checkpoint now, stop now) after completing `step`."""
+        if not self.active or self._start is None:
+            return False, False
+        if jax.process_count() > 1 and step % self.check_every:
+            return False, False
+        elapsed = self.elapsed()
+        mark = self._next_mark is not None and elapsed >= self._next_mark
+        stop = self.limit is not None and elapsed >= self.limit
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            flags = multihost_utils.broadcast_one_to_all(np.array([mark, stop], np.int32))
+            mark, stop = bool(flags[0]), bool(flags[1])
+        if mark:
+            while self._next_mark is not None and self._next_mark <= elapsed:
+                self._next_mark += self.every
+        return mark, stop
+
+
 def format_duration(seconds: float) -> str:
     """`1h02m03s`, `4m05s`, `6s`."""
     s = round(seconds)
@@ -229,6 +278,9 @@ def _validate_config(config: Any) -> None:
     for name in ("log_every_steps", "sample_every_steps", "checkpoint_every_steps"):
         if config[name] < 1:
             raise ValueError(f"config.{name}={config[name]} must be >= 1")
+    for name in ("train_minutes", "checkpoint_every_minutes"):
+        if not config.get(name, 0.0) >= 0:
+            raise ValueError(f"config.{name}={config[name]} must be >= 0 (0: off)")
     for name in ("max_checkpoints_to_keep", "num_control_samples"):
         if config[name] < 1:
             raise ValueError(f"config.{name}={config[name]} must be >= 1")
@@ -239,12 +291,9 @@ def _validate_config(config: Any) -> None:
             f"config.attr_eval.every_steps={config.attr_eval.every_steps} must be >= 0 (0: off)"
         )
     if config.attr_eval.every_steps:
-        folder = config.attr_eval.classifier
-        if not folder or not os.path.isfile(os.path.join(folder, "classifier.json")):
-            raise ValueError(
-                f"config.attr_eval.classifier={folder!r} is not an attribute classifier folder; "
-                "train one with `python -m data_prep.train_attribute_classifier --out FOLDER`"
-            )
+        from facegan_jax.metrics import attributes
+
+        attributes.check_folder(config.attr_eval.classifier, "config.attr_eval.classifier")
     if config.train.batch_size < 1:
         raise ValueError(f"config.train.batch_size={config.train.batch_size} must be >= 1")
     if not 0 <= config.train.ema_decay < 1:
@@ -510,6 +559,11 @@ def train_and_evaluate(config: Any, workdir: str) -> state_lib.GanState:
 
     train_step = run.train_step
     progress = Progress(config.total_steps, step_examples)
+    clock = Clock(
+        config.get("train_minutes", 0.0),
+        config.get("checkpoint_every_minutes", 0.0),
+        config.log_every_steps,
+    )
     window = MetricWindow()
     in_flight: collections.deque[dict[str, jax.Array]] = collections.deque()
     step = initial_step
@@ -538,6 +592,7 @@ def train_and_evaluate(config: Any, workdir: str) -> state_lib.GanState:
                 if step == initial_step + 1:  # compiled and done: the clock starts here
                     jax.block_until_ready(metrics)
                     progress.start(step)
+                    clock.start()
                 if every(config.log_every_steps):
                     window.check_finite(manager)
                     scalars = window.mean_and_clear()  # step is complete after this
@@ -549,9 +604,17 @@ def train_and_evaluate(config: Any, workdir: str) -> state_lib.GanState:
                 for every_steps, hook in eval_hooks:
                     if every(every_steps):
                         writer.write_scalars(step, hook(state))
-                if every(config.checkpoint_every_steps):
+                mark, deadline = clock.due(step)
+                if mark or deadline:
+                    minutes = clock.elapsed() / 60.0
+                    logging.info("time mark %.2f min: checkpoint at step %d", minutes, step)
+                    writer.write_scalars(step, {"train/minutes": minutes})
+                if every(config.checkpoint_every_steps) or mark or deadline:
                     window.check_finite(manager)
-                    checkpointing.save(manager, state)
+                    checkpointing.save(manager, state, force=mark or deadline)
+                if deadline:
+                    logging.warning("config.train_minutes reached: stopping at step %d", step)
+                    break
             manager.wait_until_finished()  # still answering signals: the last save completes
     except BaseException:
         _finish_saving_quietly(manager)

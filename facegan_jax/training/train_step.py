@@ -183,12 +183,10 @@ def validate_schedule(config: Any) -> None:
     guide_weight = config.loss.get("guide_weight", 0.0)
     if not guide_weight >= 0:
         raise ValueError(f"config.loss.guide_weight={guide_weight} must be >= 0")
-    folder = config.loss.get("guide_classifier")
-    if folder and not os.path.isfile(os.path.join(os.path.expanduser(folder), "classifier.json")):
-        raise ValueError(
-            f"config.loss.guide_classifier={folder!r} is not an attribute classifier folder; "
-            "train one with `python -m data_prep.train_attribute_classifier --out FOLDER`"
-        )
+    if config.loss.get("guide_classifier"):
+        from facegan_jax.metrics import attributes
+
+        attributes.check_folder(config.loss.guide_classifier, "config.loss.guide_classifier")
 
 
 def make_train_step(

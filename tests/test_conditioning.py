@@ -1,0 +1,167 @@
+"""The conditioning levers of issue 19: conditional DCGAN, conditional normalisation,
+balanced requests, classifier guidance, and the wall-clock clock of the training loop."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import celeba64_control, default
+from facegan_jax import sharding
+from facegan_jax.metrics import attributes
+from facegan_jax.models import build_models
+from facegan_jax.training import components, train_step
+from facegan_jax.training import train as train_lib
+from tests.helpers import fake_batch
+
+
+def _control_config(**model):
+    config = celeba64_control.get_config("runlocal")
+    config.model.update(model)
+    return config
+
+
+def _init(config, attrs):
+    g, d = build_models(config)
+    z = jax.random.normal(jax.random.PRNGKey(0), (attrs.shape[0], config.model.z_dim))
+    g_vars = g.init(jax.random.PRNGKey(1), z, attrs, train=False)
+    images = g.apply(g_vars, z, attrs, train=False)
+    d_vars = d.init(jax.random.PRNGKey(2), images, attrs, train=False)
+    return g, d, z, g_vars, d_vars
+
+
+def test_unconditional_dcgan_keeps_its_parameter_tree_and_returns_no_attribute_logits():
+    config = default.get_config("runlocal")
+    g, d = build_models(config)
+    z = jnp.zeros((2, config.model.z_dim))
+    g_vars = g.init(jax.random.PRNGKey(0), z, None, train=False)
+    assert sorted(g_vars["params"]) == [
+        "BatchNorm_0",
+        "BatchNorm_1",
+        "BatchNorm_2",
+        "ConvTranspose_0",
+        "FastConvTranspose2x_0",
+        "FastConvTranspose2x_1",
+        "FastConvTranspose2x_2",
+    ]
+    images = g.apply(g_vars, z, None, train=False)
+    d_vars = d.init(jax.random.PRNGKey(1), images, train=False)
+    assert "embed" not in d_vars["params"] and "attr_head" not in d_vars["params"]
+    assert d.apply(d_vars, images, train=False)[1] is None
+
+
+@pytest.mark.parametrize("g_cond", ["input", "modulate"])
+def test_conditional_dcgan_generator_depends_on_the_attributes(g_cond):
+    config = _control_config(g_cond=g_cond)
+    a0 = jnp.zeros((3, 40))
+    a1 = a0.at[:, 15].set(1.0)  # Eyeglasses
+    g, _, z, g_vars, _ = _init(config, a0)
+    if g_cond == "modulate":
+        # The affine maps start at zero: conditional BN begins as plain BN.
+        affine = g_vars["params"]["Modulate_0"]["Dense_0"]["kernel"]
+        assert float(jnp.abs(affine).max()) == 0.0
+        g_vars = jax.tree.map(lambda x: x, g_vars)
+        g_vars["params"]["Modulate_0"]["Dense_0"]["kernel"] = 0.1 * jnp.ones_like(affine)
+    else:
+        assert not any(k.startswith("Modulate") for k in g_vars["params"])
+    x0 = g.apply(g_vars, z, a0, train=False)
+    x1 = g.apply(g_vars, z, a1, train=False)
+    assert x0.shape == (3, 32, 32, 3)
+    assert float(jnp.abs(x0 - x1).max()) > 1e-4
+    with pytest.raises(ValueError, match="attributes of shape"):
+        g.apply(g_vars, z, None, train=False)
+
+
+def test_conditional_dcgan_discriminator_projection_and_separate_head():
+    config = _control_config(d_dim=32)
+    a0, a1 = jnp.zeros((4, 40)), jnp.ones((4, 40))
+    _, d, _, _, d_vars = _init(config, a0)
+    images = jax.random.normal(jax.random.PRNGKey(3), (4, 32, 32, 3))
+    logits0, attr0 = d.apply(d_vars, images, a0, train=False)
+    logits1, attr1 = d.apply(d_vars, images, a1, train=False)
+    assert attr0.shape == (4, 40)
+    np.testing.assert_array_equal(attr0, attr1)  # the attribute head never sees the labels
+    assert not np.allclose(logits0, logits1)  # projection: realism judged per condition
+    # 'separate': the head reads its own tower at half D's width (16 -> 32 -> 64 channels).
+    assert d_vars["params"]["attr_head"]["kernel"].shape == (4 * 4 * 64, 40)
+    config = _control_config(d_dim=32, projection=False, attr_head="shared")
+    _, d, _, _, d_vars = _init(config, a0)
+    assert "embed" not in d_vars["params"]
+    # 'shared': D's own 4x4 map (32 -> 64 -> 128 channels).
+    assert d_vars["params"]["attr_head"]["kernel"].shape == (4 * 4 * 128, 40)
+
+
+def test_balanced_requests_force_one_attribute_per_picked_row_half_on():
+    key = jax.random.PRNGKey(0)
+    attrs = (jax.random.uniform(jax.random.PRNGKey(1), (4000, 40)) < 0.1).astype(jnp.float32)
+    np.testing.assert_array_equal(train_step.balance_requests(key, attrs, 0.0), attrs)
+    out = np.asarray(train_step.balance_requests(key, attrs, 1.0))
+    changed = (out != np.asarray(attrs)).sum(axis=1)
+    assert changed.max() == 1  # at most the one forced attribute differs
+    # Each row forces one attribute on or off with equal odds: with 10 % priors, 45 % of
+    # rows turn a 0 into a 1 and 5 % a 1 into a 0.
+    turned_on = ((out - np.asarray(attrs)) > 0).any(axis=1).mean()
+    turned_off = ((out - np.asarray(attrs)) < 0).any(axis=1).mean()
+    assert 0.42 < turned_on < 0.48 and 0.035 < turned_off < 0.065
+    half = np.asarray(train_step.balance_requests(key, attrs, 0.5))
+    assert 0.22 < ((half != np.asarray(attrs)).sum(axis=1) == 1).mean() < 0.28
+
+
+def test_classifier_guidance_is_the_calibrated_bce_and_trains(saved_folder):
+    classifier = attributes.load(saved_folder)
+    config = _control_config()
+    config.loss.guide_classifier = str(saved_folder)
+    config.loss.guide_weight = 2.0
+    guide = train_step.make_guidance(config)
+    images = jax.random.uniform(jax.random.PRNGKey(0), (5, 32, 32, 3), minval=-1, maxval=1)
+    attrs = (jax.random.uniform(jax.random.PRNGKey(1), (5, 40)) < 0.5).astype(jnp.float32)
+    z = classifier.logits(np.asarray(images)) - classifier.threshold_logits
+    per = np.asarray(attrs) * np.logaddexp(0, -z) + (1 - np.asarray(attrs)) * np.logaddexp(0, z)
+    mask = np.isin(
+        np.arange(40), [attributes.attribute_index(n) for n in classifier.reliable_attributes()]
+    )
+    expected = 2.0 * (per * mask).sum(axis=1).mean()
+    assert mask.sum() > 0
+    np.testing.assert_allclose(float(guide(images, attrs)), expected, rtol=1e-4)
+    # The step: finite, logs the guide term, and the weight only enters G's loss.
+    results = {}
+    for weight in (0.0, 2.0):
+        config.loss.guide_weight = weight
+        run = components.build(config)
+        batch = jax.device_put(fake_batch(config), sharding.batch_sharded(run.mesh))
+        _, metrics = jax.jit(run.train_step_fn())(run.create_state(), batch)
+        results[weight] = jax.device_get(metrics)
+        assert all(np.isfinite(v) for v in results[weight].values())
+    assert "g_guide" not in results[0.0] and results[2.0]["g_guide"] > 0
+    np.testing.assert_allclose(results[0.0]["d_loss"], results[2.0]["d_loss"], rtol=1e-6)
+    np.testing.assert_allclose(
+        results[2.0]["g_loss"], results[0.0]["g_loss"] + results[2.0]["g_guide"], rtol=1e-5
+    )
+
+
+def test_guide_classifier_that_is_not_a_folder_is_a_config_error(tmp_path):
+    config = _control_config()
+    config.loss.guide_classifier = str(tmp_path / "nothing")
+    with pytest.raises(ValueError, match="config.loss.guide_classifier=.* is not an attribute"):
+        train_step.validate_schedule(config)
+
+
+def test_clock_marks_every_interval_and_stops_at_the_deadline(monkeypatch):
+    now = [100.0]
+    monkeypatch.setattr(train_lib.time, "perf_counter", lambda: now[0])
+    clock = train_lib.Clock(train_minutes=1.0, every_minutes=0.25, check_every=10)
+    assert clock.due(1) == (False, False)  # not started: compilation does not count
+    clock.start()
+    seen = []
+    for step in range(1, 200):
+        now[0] += 0.5  # half a second per step
+        mark, stop = clock.due(step)
+        if mark:
+            seen.append(step)
+        if stop:
+            break
+    # Marks at 15, 30, 45 s and the deadline at 60 s (step 120), where it also marks.
+    assert seen == [30, 60, 90, 120] and step == 120
+    assert train_lib.Clock(0.0, 0.0, 10).active is False

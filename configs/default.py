@@ -141,6 +141,10 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     # in which one attribute, uniform over the 40, is forced on or off with equal odds,
     # so rare attributes are practised as often as common ones; 0 disables.
     train.balanced_requests = 0.0
+    # Weight, in G's attribute terms (aux head and guidance), of the attribute a balanced
+    # request forced (1: like the others); above 1 the asked-for attribute wins over the
+    # real vector's correlated ones (Male asked for on a vector with Wearing_Lipstick).
+    train.forced_weight = 1.0
     # bfloat16 compute with float32 parameters, optimizer state and losses.
     train.mixed_precision = False
 

@@ -96,8 +96,11 @@ def test_conditional_dcgan_discriminator_projection_and_separate_head():
 def test_balanced_requests_force_one_attribute_per_picked_row_half_on():
     key = jax.random.PRNGKey(0)
     attrs = (jax.random.uniform(jax.random.PRNGKey(1), (4000, 40)) < 0.1).astype(jnp.float32)
-    np.testing.assert_array_equal(train_step.balance_requests(key, attrs, 0.0), attrs)
-    out = np.asarray(train_step.balance_requests(key, attrs, 1.0))
+    np.testing.assert_array_equal(train_step.balance_requests(key, attrs, 0.0)[0], attrs)
+    out, forced = train_step.balance_requests(key, attrs, 1.0)
+    out, forced = np.asarray(out), np.asarray(forced)
+    assert (forced.sum(axis=1) == 1).all()  # one forced entry per picked row
+    np.testing.assert_array_equal(out[~forced], np.asarray(attrs)[~forced])
     changed = (out != np.asarray(attrs)).sum(axis=1)
     assert changed.max() == 1  # at most the one forced attribute differs
     # Each row forces one attribute on or off with equal odds: with 10 % priors, 45 % of
@@ -105,7 +108,7 @@ def test_balanced_requests_force_one_attribute_per_picked_row_half_on():
     turned_on = ((out - np.asarray(attrs)) > 0).any(axis=1).mean()
     turned_off = ((out - np.asarray(attrs)) < 0).any(axis=1).mean()
     assert 0.42 < turned_on < 0.48 and 0.035 < turned_off < 0.065
-    half = np.asarray(train_step.balance_requests(key, attrs, 0.5))
+    half = np.asarray(train_step.balance_requests(key, attrs, 0.5)[0])
     assert 0.22 < ((half != np.asarray(attrs)).sum(axis=1) == 1).mean() < 0.28
 
 

@@ -39,8 +39,8 @@ SINGLE_THREAD_XLA = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_thr
 CLASSIFIER_COMMAND = (
     "python -m data_prep.prepare_celeba --manual_dir ../shared/data/celeba "
     "--data_dir ~/tensorflow_datasets && python -m data_prep.train_attribute_classifier "
-    "--data=celeba_local --tfds_data_dir ~/tensorflow_datasets --image_size 64 --steps 3000 "
-    "--out {folder}"
+    "--data=celeba_local --tfds_data_dir ~/tensorflow_datasets --image_size 64 --steps 2400 "
+    "--seed 1 --widths 40,80,160,320 --feature_dim 320 --out {folder}"
 )
 
 

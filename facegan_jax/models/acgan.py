@@ -42,11 +42,11 @@ import ml_collections
 
 from facegan_jax.models import compute_dtype
 from facegan_jax.models.layers import (
-    AttributeEmbedding,
     MinibatchStdDev,
     Modulate,
     PixelNorm,
     SNConv,
+    condition_latent,
 )
 
 Dtype = Any
@@ -92,17 +92,15 @@ class Generator(nn.Module):
         self, z: jax.Array, attributes: jax.Array | None = None, *, train: bool
     ) -> jax.Array:
         stages = num_stages(self.image_size)
-        embedding = None  # conditional normalisation (cond='modulate')
-        if self.num_attributes:
-            if attributes is None or attributes.shape != (z.shape[0], self.num_attributes):
-                got = None if attributes is None else attributes.shape
-                raise ValueError(
-                    f"acgan generator needs attributes of shape {(z.shape[0], self.num_attributes)}"
-                    f" (config.model.num_attributes={self.num_attributes}); got {got}"
-                )
-            if self.cond == "modulate":
-                embedding = AttributeEmbedding(self.cond_dim, self.leaky_slope)(attributes)
-            z = jnp.concatenate([z, attributes.astype(z.dtype)], axis=-1)  # [B, Z + A]
+        z, embedding = condition_latent(
+            z,
+            attributes,
+            self.num_attributes,
+            cond=self.cond,
+            cond_dim=self.cond_dim,
+            leaky_slope=self.leaky_slope,
+            family="acgan",
+        )  # [B, Z + A], the conditional-normalisation embedding or None
         width = self.base_dim * 2**stages
         x = nn.Dense(4 * 4 * width, kernel_init=_DENSE_INIT, dtype=self.dtype)(
             z.astype(self.dtype)

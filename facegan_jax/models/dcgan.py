@@ -233,17 +233,15 @@ class Generator(nn.Module):
         steps = num_resolution_steps(self.image_size)
         act = activation(self.act, self.leaky_slope)
         width = self.base_dim * 2 ** (steps - 1)
-        embedding = None
-        if self.num_attributes:
-            if attributes is None or attributes.shape != (z.shape[0], self.num_attributes):
-                got = None if attributes is None else attributes.shape
-                raise ValueError(
-                    f"conditional dcgan generator needs attributes of shape "
-                    f"{(z.shape[0], self.num_attributes)}; got {got}"
-                )
-            if self.cond == "modulate":
-                embedding = layers.AttributeEmbedding(self.cond_dim, self.leaky_slope)(attributes)
-            z = jnp.concatenate([z, attributes.astype(z.dtype)], axis=-1)  # [B, Z + A]
+        z, embedding = layers.condition_latent(
+            z,
+            attributes,
+            self.num_attributes,
+            cond=self.cond,
+            cond_dim=self.cond_dim,
+            leaky_slope=self.leaky_slope,
+            family="conditional dcgan",
+        )  # [B, Z + A], the conditional-normalisation embedding or None
 
         def norm() -> Callable[[jax.Array], jax.Array]:
             bn = _batch_norm(train, self.dtype)

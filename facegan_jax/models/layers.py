@@ -308,3 +308,36 @@ class Modulate(nn.Module):
         gb = nn.Dense(2 * x.shape[-1], kernel_init=nn.initializers.zeros)(e)  # [B, 2C]
         gamma, beta = jnp.split(gb[:, None, None, :].astype(x.dtype), 2, axis=-1)
         return x * (1 + gamma) + beta
+
+
+def condition_latent(
+    z: jax.Array,
+    attributes: jax.Array | None,
+    num_attributes: int,
+    *,
+    cond: str,
+    cond_dim: int,
+    leaky_slope: float,
+    family: str,
+) -> tuple[jax.Array, jax.Array | None]:
+    """A conditional generator's input: (z with the attributes appended, embedding or None).
+
+    Call it inside a compact method (the embedding MLP becomes the caller's
+    submodule). `cond='modulate'` also returns the `AttributeEmbedding` of the
+    attributes, from which each layer's `Modulate` takes its scale and shift.
+
+    Raises:
+      ValueError: attributes missing or not [B, num_attributes].
+    """
+    if not num_attributes:
+        return z, None
+    if attributes is None or attributes.shape != (z.shape[0], num_attributes):
+        got = None if attributes is None else attributes.shape
+        raise ValueError(
+            f"{family} generator needs attributes of shape {(z.shape[0], num_attributes)}"
+            f" (config.model.num_attributes={num_attributes}); got {got}"
+        )
+    embedding = None
+    if cond == "modulate":
+        embedding = AttributeEmbedding(cond_dim, leaky_slope)(attributes)  # [B, E]
+    return jnp.concatenate([z, attributes.astype(z.dtype)], axis=-1), embedding  # [B, Z + A]

@@ -144,7 +144,10 @@ AUX_REDUCTIONS = ("mean", "sum")
 
 
 def attribute_loss(
-    attr_logits: jax.Array, attributes: jax.Array, reduction: str = "mean"
+    attr_logits: jax.Array,
+    attributes: jax.Array,
+    reduction: str = "mean",
+    weights: jax.Array | None = None,
 ) -> jax.Array:
     """ACGAN auxiliary loss: BCE per attribute, averaged over the batch.
 
@@ -153,8 +156,13 @@ def attribute_loss(
       attributes: [B, A] targets in {0, 1}.
       reduction: over the A attributes: 'mean' (the seed's: each attribute gets
         1/A of the gradient) or 'sum' (StarGAN's: each attribute its own full BCE).
+      weights: optional [B, A] weights of each term (e.g. emphasis on the attributes a
+        request forced, `train.forced_weight`); None: all 1.
     """
-    per_attribute = binary_cross_entropy(attr_logits, attributes).mean(axis=0)  # [A]
+    per = binary_cross_entropy(attr_logits, attributes)  # [B, A]
+    if weights is not None:
+        per = per * weights
+    per_attribute = per.mean(axis=0)  # [A]
     if reduction == "sum":
         return per_attribute.sum()
     if reduction == "mean":

@@ -93,7 +93,9 @@ def update_ema(state: GanState, ema_decay: float) -> GanState:
     return state.replace(ema_params=ema_params, ema_vars=ema_vars)
 
 
-def balance_requests(key: jax.Array, attrs: jax.Array, fraction: float) -> jax.Array:
+def balance_requests(
+    key: jax.Array, attrs: jax.Array, fraction: float
+) -> tuple[jax.Array, jax.Array]:
     """Real attribute vectors with one attribute forced on or off in `fraction` of the rows.
 
     G is otherwise asked for each attribute at its data frequency (Eyeglasses 6.5 %,
@@ -107,18 +109,19 @@ def balance_requests(key: jax.Array, attrs: jax.Array, fraction: float) -> jax.A
       fraction: probability that a row gets a forced attribute, in [0, 1].
 
     Returns:
-      float [B, A].
+      (attributes float [B, A], forced bool [B, A]: the entries this call set).
     """
     k_row, k_attr, k_val = jax.random.split(key, 3)
     B, A = attrs.shape
     picked = jax.random.bernoulli(k_row, fraction, (B, 1))  # [B, 1]
     which = jax.nn.one_hot(jax.random.randint(k_attr, (B,), 0, A), A, dtype=bool)  # [B, A]
     value = jax.random.bernoulli(k_val, 0.5, (B, 1)).astype(attrs.dtype)  # [B, 1]
-    return jnp.where(picked & which, value, attrs)
+    forced = picked & which
+    return jnp.where(forced, value, attrs), forced
 
 
-def make_guidance(config: Any) -> Callable[[jax.Array, jax.Array], jax.Array] | None:
-    """Classifier guidance: `guide(images, attrs) -> loss`, or None when off.
+def make_guidance(config: Any) -> Callable[..., jax.Array] | None:
+    """Classifier guidance: `guide(images, attrs, weights=None) -> loss`, or None when off.
 
     With `config.loss.guide_classifier` (a folder written by
     `data_prep.train_attribute_classifier`) and `config.loss.guide_weight` > 0, G's
@@ -143,7 +146,7 @@ def make_guidance(config: Any) -> Callable[[jax.Array, jax.Array], jax.Array] | 
     for name in classifier.reliable_attributes():
         mask[attribute_index(name)] = 1.0
 
-    def guide(images: jax.Array, attrs: jax.Array) -> jax.Array:
+    def guide(images: jax.Array, attrs: jax.Array, weights: jax.Array | None = None) -> jax.Array:
         x = images.astype(jnp.float32)
         if x.shape[1] != size:
             shape = (x.shape[0], size, size, x.shape[3])
@@ -151,6 +154,8 @@ def make_guidance(config: Any) -> Callable[[jax.Array, jax.Array], jax.Array] | 
         logits, _ = net.apply({"params": params}, x)  # [B, 40]
         z = logits - offset  # 0 at the calibrated decision threshold
         per = attrs * jax.nn.softplus(-z) + (1 - attrs) * jax.nn.softplus(z)  # [B, 40]
+        if weights is not None:
+            per = per * weights
         return weight * jnp.mean(jnp.sum(per * mask, axis=-1))
 
     return guide
@@ -180,6 +185,8 @@ def validate_schedule(config: Any) -> None:
     balanced = config.train.get("balanced_requests", 0.0)
     if not 0 <= balanced <= 1:
         raise ValueError(f"config.train.balanced_requests={balanced} must be in [0, 1]")
+    if not config.train.get("forced_weight", 1.0) > 0:
+        raise ValueError(f"config.train.forced_weight={config.train.forced_weight} must be > 0")
     guide_weight = config.loss.get("guide_weight", 0.0)
     if not guide_weight >= 0:
         raise ValueError(f"config.loss.guide_weight={guide_weight} must be >= 0")
@@ -216,6 +223,7 @@ def make_train_step(
     r1_gamma = float(config.loss.get("r1_gamma", 0.0))
     r1_every = int(config.loss.get("r1_every", 1))
     balanced = float(config.train.get("balanced_requests", 0.0))
+    forced_weight = float(config.train.get("forced_weight", 1.0))
     guide = make_guidance(config) if conditional else None
 
     def g_apply(g_params: PyTree, g_vars: PyTree, z: jax.Array, attrs: jax.Array | None):
@@ -273,12 +281,12 @@ def make_train_step(
                 )
         return loss
 
-    def g_loss_from_logits(fake_out, fake_attrs):
+    def g_loss_from_logits(fake_out, fake_attrs, weights=None):
         fake_logits, fake_attr_logits = fake_out
         loss = adv.g_loss(fake_logits)
         if conditional:
             loss += g_aux_weight * losses.attribute_loss(
-                fake_attr_logits, fake_attrs, aux_reduction
+                fake_attr_logits, fake_attrs, aux_reduction, weights
             )
         return loss
 
@@ -286,14 +294,19 @@ def make_train_step(
         k_z, k_attr = jax.random.split(key)
         z = jax.random.normal(k_z, (batch, z_dim), jnp.float32)  # [B, Z]
         if not conditional:
-            return z, None
+            return z, None, None
         # Fake attributes are real attribute vectors (shuffled), so the joint
         # distribution of attributes matches the data's.
         k_perm, k_bal = jax.random.split(k_attr)
         attrs = jax.random.permutation(k_perm, real_attrs, axis=0)  # [B, 40]
+        weights = None
         if balanced:
-            attrs = balance_requests(k_bal, attrs, balanced)
-        return z, attrs
+            attrs, forced = balance_requests(k_bal, attrs, balanced)
+            if forced_weight != 1.0:
+                # The attribute a request forces weighs `forced_weight` in G's attribute
+                # terms: it wins over the real vector's correlated attributes.
+                weights = jnp.where(forced, forced_weight, 1.0)  # [B, 40]
+        return z, attrs, weights
 
     def d_update(state: GanState, real, real_attrs, fake, fake_attrs, key):
         """One D update on real and (detached) fake images; returns (state, metrics)."""
@@ -351,7 +364,7 @@ def make_train_step(
         for i in range(n_critic):
             real = real_all[i * B : (i + 1) * B]  # [B, H, W, C]
             real_attrs = attrs_all[i * B : (i + 1) * B] if conditional else None
-            z, fake_attrs = sample_inputs(keys[2 * i], B, real_attrs)
+            z, fake_attrs, fake_weights = sample_inputs(keys[2 * i], B, real_attrs)
             if i < n_critic - 1:
                 fake, g_vars = g_apply(state.g_params, state.g_vars, z, fake_attrs)
                 state = state.replace(g_vars=g_vars)
@@ -376,10 +389,10 @@ def make_train_step(
             f_logits, f_attr, d_vars = d_apply_augmented(
                 state.d_params, state.d_vars, fake_images, fake_attrs, keys[-1]
             )
-            loss = g_loss_from_logits((f_logits, f_attr), fake_attrs)
+            loss = g_loss_from_logits((f_logits, f_attr), fake_attrs, fake_weights)
             guide_loss = jnp.zeros((), jnp.float32)
             if guide is not None:
-                guide_loss = guide(fake_images, fake_attrs)
+                guide_loss = guide(fake_images, fake_attrs, fake_weights)
             return loss + guide_loss, (d_vars, guide_loss)
 
         (g_loss, (d_vars, guide_loss)), fake_grad = jax.value_and_grad(g_loss_fn, has_aux=True)(
@@ -397,7 +410,7 @@ def make_train_step(
         B = real.shape[0]
         real_attrs = batch["attributes"] if conditional else None
         k_in, k_t, k_real, k_fake = jax.random.split(key, 4)
-        z, fake_attrs = sample_inputs(k_in, B, real_attrs)
+        z, fake_attrs, fake_weights = sample_inputs(k_in, B, real_attrs)
         targets = losses.discriminator_targets(k_t, B, config.loss)
         fake, g_vjp, g_vars = jax.vjp(
             lambda p: g_apply(p, state.g_vars, z, fake_attrs), state.g_params, has_aux=True
@@ -416,11 +429,13 @@ def make_train_step(
         d_loss, d_cot = jax.value_and_grad(
             lambda o: d_loss_from_logits(o[0], o[1], targets, real_attrs, fake_attrs)
         )(outs)
-        g_loss, g_cot = jax.value_and_grad(lambda o: g_loss_from_logits(o[1], fake_attrs))(outs)
+        g_loss, g_cot = jax.value_and_grad(
+            lambda o: g_loss_from_logits(o[1], fake_attrs, fake_weights)
+        )(outs)
         d_grads, _ = d_vjp(d_cot)
         _, fake_grad = d_vjp(g_cot)
         if guide is not None:
-            guide_loss, guide_grad = jax.value_and_grad(guide)(fake, fake_attrs)
+            guide_loss, guide_grad = jax.value_and_grad(guide)(fake, fake_attrs, fake_weights)
             g_loss, fake_grad = g_loss + guide_loss, fake_grad + guide_grad
         (g_grads,) = g_vjp(fake_grad)
         if r1_gamma:

@@ -11,8 +11,11 @@ with every conditioning lever a config field:
   together: projection judges realism per condition, the head the attribute;
   the head learns from real faces only (`loss.aux_on_fake=False`) with one full
   BCE per attribute (`loss.aux_reduction='sum'`);
-* `train.balanced_requests=0.5`: half of G's requests force one attribute,
-  uniform over the 40, on or off, so rare ones (Eyeglasses 6.5 %) are practised;
+* `train.balanced_requests=1.0`, `train.forced_weight=10`: every request of G
+  forces one attribute, uniform over the 40, on or off on top of a real vector, and
+  that attribute weighs 10x in G's attribute terms, so the asked-for attribute wins
+  over the vector's correlated ones (Male on a vector with Wearing_Lipstick). The
+  lever that moved control most: 0.737 -> 0.851 mean control at 30 minutes;
 * `loss.guide_classifier` / `loss.guide_weight`: a frozen attribute classifier's
   loss on G's images (classifier guidance). Give it a classifier *other* than the
   one that judges the run (another seed and architecture), see README "Attribute
@@ -25,6 +28,9 @@ Prepare CelebA and the guide classifier once (README), then train:
       --config.loss.guide_classifier=attr_guide64
 
 Without `loss.guide_classifier` there is no guidance (the other levers stay on).
+
+Measured (one core, 30 minutes, judged by an independent classifier; README "Attribute
+control"): mean control 0.851 over 26 attributes, fd_attr 216.
 Smoke run on the embedded synthetic faces: `--config=configs/celeba64_control.py:runlocal`.
 """
 
@@ -47,7 +53,8 @@ def apply_conditioning(config: ml_collections.ConfigDict) -> ml_collections.Conf
     config.loss.aux_reduction = "sum"
     config.loss.aux_on_fake = False
     config.loss.guide_weight = 1.0
-    config.train.balanced_requests = 0.5
+    config.train.balanced_requests = 1.0
+    config.train.forced_weight = 10.0
     return config
 
 

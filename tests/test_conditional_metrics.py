@@ -230,8 +230,8 @@ def test_conditional_fd_accepts_images_and_draws_like_attribute_control(data):
         threshold_logits = np.zeros(NUM_ATTRIBUTES)
 
         @staticmethod
-        def logits(images):
-            return np.zeros((len(images), NUM_ATTRIBUTES))
+        def logits_and_features(images):
+            return np.zeros((len(images), NUM_ATTRIBUTES)), clf.features(images)
 
     control_requests = []
     attributes.attribute_control(
@@ -322,3 +322,39 @@ def test_conditional_fd_rejects_bad_input(data):
         )
     with pytest.raises(ValueError, match="nearest_k"):
         conditional.generator_prdc(clf, gen, pool, real, 5, nearest_k=5)
+
+
+def test_control_features_give_the_same_conditional_fd_without_generating_again(data):
+    real_images, real_labels, bank_images, bank_labels, pool = data
+    clf = LinearFeatures()
+    real = clf.features(real_images)
+    calls = []
+    copier = _copier(bank_images, bank_labels)
+
+    def counting(latents, vectors):
+        calls.append(len(latents))
+        return copier(latents, vectors)
+
+    class Judge:
+        threshold_logits = np.zeros(NUM_ATTRIBUTES)
+
+        @staticmethod
+        def logits_and_features(images):
+            return np.zeros((len(images), NUM_ATTRIBUTES)), clf.features(images)
+
+    control = attributes.attribute_control(
+        Judge(), counting, pool, 40, attributes=TESTED, seed=3, keep_features=True
+    )
+    generated = sum(calls)
+    table = conditional.conditional_fd_table(control["features"], real, real_labels)
+    direct = conditional.conditional_frechet_distances(
+        clf, copier, pool, real, real_labels, TESTED, 40, seed=3
+    )
+    assert generated == 2 * 40 * len(TESTED)  # control's images only: on and off per attribute
+    assert table["attributes"] == TESTED
+    for name in TESTED:
+        for side in ("on", "off", "mean"):
+            assert table["per_attribute"][name][side] == pytest.approx(
+                direct["per_attribute"][name][side]
+            )
+    assert table["mean"] == pytest.approx(direct["mean"])

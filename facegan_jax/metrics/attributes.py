@@ -240,6 +240,10 @@ class Classifier:
             )
         return np.concatenate(logits), np.concatenate(feats)
 
+    def logits_and_features(self, images: Any) -> tuple[np.ndarray, np.ndarray]:
+        """(logits float32 [B, 40], features float32 [B, feature_dim]) in one pass."""
+        return self._run(images)
+
     def logits(self, images: Any) -> np.ndarray:
         """Attribute logits, float32 [B, 40], for images [B, H, W, 3] in [-1, 1]."""
         return self._run(images)[0]
@@ -742,6 +746,7 @@ def attribute_control(
     attributes: Sequence[str] | None = None,
     seed: int = 0,
     batch_size: int = 256,
+    keep_features: bool = False,
 ) -> dict[str, Any]:
     """How well a conditional generator honours each attribute it is asked for.
 
@@ -762,10 +767,13 @@ def attribute_control(
       attributes: names to test; None for `classifier.reliable_attributes()`.
       seed: draws the vectors and latent indices.
       batch_size: largest `generate_fn` call.
+      keep_features: also return the classifier features of the generated images
+        (from the same pass), for the conditional Frechet distances.
 
     Returns:
       {'per_attribute': {name: balanced accuracy}, 'mean': float (NaN if no
-      attribute), 'attributes': tuple of names, 'n_per_side': int}.
+      attribute), 'attributes': tuple of names, 'n_per_side': int}; with
+      `keep_features`, also 'features': {name: (on [n, F], off [n, F])}.
     """
     pool = np.asarray(pool, np.float32)
     if pool.ndim != 2 or pool.shape[1] != NUM_ATTRIBUTES or len(pool) == 0:
@@ -775,6 +783,7 @@ def attribute_control(
     names = classifier.reliable_attributes() if attributes is None else tuple(attributes)
     rng = np.random.default_rng(seed)
     scores: dict[str, float] = {}
+    kept: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for name in names:
         j = attribute_index(name)
         rows = rng.choice(len(pool), n_per_side, replace=len(pool) < n_per_side)
@@ -783,19 +792,24 @@ def attribute_control(
         on[:, j], off[:, j] = 1.0, 0.0
         vectors = np.concatenate([on, off])  # [2n, 40]
         indices = np.concatenate([latents, latents])  # [2n]
-        logits = np.concatenate(
-            [
-                classifier.logits(
-                    _generate(generate_fn, indices[s : s + batch_size], vectors[s : s + batch_size])
-                )[:, j]
-                for s in range(0, 2 * n_per_side, batch_size)
-            ]
-        )  # [2n]
+        outputs = [
+            classifier.logits_and_features(
+                _generate(generate_fn, indices[s : s + batch_size], vectors[s : s + batch_size])
+            )
+            for s in range(0, 2 * n_per_side, batch_size)
+        ]
+        logits = np.concatenate([lg[:, j] for lg, _ in outputs])  # [2n]
+        if keep_features:
+            feats = np.concatenate([ft for _, ft in outputs])  # [2n, F]
+            kept[name] = (feats[:n_per_side], feats[n_per_side:])
         predicted = logits >= classifier.threshold_logits[j]
         target = np.arange(2 * n_per_side) < n_per_side
         scores[name] = float(balanced_accuracy(target, predicted))
     mean = float(np.mean(list(scores.values()))) if scores else float("nan")
-    return {"per_attribute": scores, "mean": mean, "attributes": names, "n_per_side": n_per_side}
+    result = {"per_attribute": scores, "mean": mean, "attributes": names, "n_per_side": n_per_side}
+    if keep_features:
+        result["features"] = kept
+    return result
 
 
 def _generate(generate_fn: Callable, indices: np.ndarray, vectors: np.ndarray) -> np.ndarray:

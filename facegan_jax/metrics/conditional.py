@@ -330,24 +330,46 @@ def conditional_frechet_distances(
         )
     names = classifier.reliable_attributes() if attributes is None else tuple(attributes)
     rng = np.random.default_rng(seed)
-    scores: dict[str, dict[str, float]] = {}
+    generated: dict[str, tuple[np.ndarray | None, np.ndarray | None]] = {}
     for name in names:
         j = attribute_index(name)
         rows = rng.choice(len(pool), n_per_side, replace=len(pool) < n_per_side)
         latents = rng.integers(0, 2**31 - 1, n_per_side, dtype=np.int64)
         has = labels[:, j] >= 0.5  # [M]
-        real_on, real_off = real[has], real[~has]
-        generated = {}
-        for side, value, real_side in (("on", 1.0, real_on), ("off", 0.0, real_off)):
-            if len(real_side) < 2:
-                generated[side] = None  # nothing to compare with: skip generating
+        sides = []
+        for value, real_count in ((1.0, int(has.sum())), (0.0, int((~has).sum()))):
+            if real_count < 2:
+                sides.append(None)  # nothing to compare with: skip generating
                 continue
             vectors = pool[rows].copy()
             vectors[:, j] = value
-            generated[side] = _generated_features(
-                features, generate_fn, latents, vectors, batch_size
-            )
-        scores[name] = conditional_fd(generated["on"], generated["off"], real_on, real_off)
+            sides.append(_generated_features(features, generate_fn, latents, vectors, batch_size))
+        generated[name] = (sides[0], sides[1])
+    result = conditional_fd_table(generated, real, labels)
+    return {**result, "n_per_side": n_per_side}
+
+
+def conditional_fd_table(
+    generated: dict[str, tuple[Any, Any]], real_features: Any, real_labels: Any
+) -> dict[str, Any]:
+    """`conditional_fd` of each attribute from already-computed generated features.
+
+    Args:
+      generated: {name: (features [n, F] generated with it on, [n', F] off)}, e.g.
+        `attributes.attribute_control(..., keep_features=True)['features']` (the
+        control metric's own images, so nothing is generated twice); None skips a side.
+      real_features: [M, F] features of held-out real images.
+      real_labels: their attributes {0, 1} [M, 40].
+
+    Returns:
+      {'per_attribute': {name: {'on', 'off', 'mean'}}, 'mean': mean of the finite
+      per-attribute means (NaN if none), 'attributes': tuple of names}.
+    """
+    real, labels = np.asarray(real_features), np.asarray(real_labels)
+    scores: dict[str, dict[str, float]] = {}
+    for name, (on, off) in generated.items():
+        has = labels[:, attribute_index(name)] >= 0.5  # [M]
+        scores[name] = conditional_fd(on, off, real[has], real[~has])
     means = [s["mean"] for s in scores.values() if not math.isnan(s["mean"])]
     mean = float(np.mean(means)) if means else math.nan
-    return {"per_attribute": scores, "mean": mean, "attributes": names, "n_per_side": n_per_side}
+    return {"per_attribute": scores, "mean": mean, "attributes": tuple(generated)}

@@ -419,19 +419,15 @@ def attribute_metrics(
             n_per_side,
             seed=seed,
             batch_size=batch_size,
+            keep_features=real_labels is not None,
         )
+        # The conditional FD scores the control metric's own images (same draws):
+        # nothing is generated or classified twice.
+        generated = control.pop("features", None)
         result["attr_control"] = control
-        if real_labels is not None:
-            result["cond_fd"] = conditional.conditional_frechet_distances(
-                classifier,
-                lambda idx, vec: _rgb(gen(gen_variables, idx, vec)),
-                pool,
-                real_features,
-                real_labels,
-                control["attributes"],
-                n_per_side,
-                seed=seed,
-                batch_size=batch_size,
+        if generated is not None:
+            result["cond_fd"] = conditional.conditional_fd_table(
+                generated, real_features, real_labels
             )
     return result
 

@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 from typing import Any
 
 import ml_collections
 from absl import logging
+
+from facegan_jax import fileio
 
 CONFIG_FILE = "config.json"
 CHECKPOINTS_DIR = "checkpoints"
@@ -46,8 +47,7 @@ def expand_path(path: str | os.PathLike | None) -> str | None:
 
 def resolve(workdir: str | os.PathLike) -> str:
     """An absolute local path (`~` expanded), or a URL (`gs://bucket/run`) unchanged."""
-    workdir = expand_path(workdir)
-    return workdir if "://" in workdir else os.path.abspath(workdir)
+    return fileio.resolve(workdir)
 
 
 def _join(workdir: str | os.PathLike, *names: str) -> str:
@@ -77,7 +77,7 @@ def samples_dir(workdir: str | os.PathLike) -> str:
 def sample_grid_path(workdir: str | os.PathLike, step: int | None = None) -> str:
     """The control grid of `step` (`step_0001500.png`), or `latest.png` for None."""
     name = "latest.png" if step is None else f"step_{step:07d}.png"
-    return os.path.join(samples_dir(workdir), name)
+    return _join(workdir, SAMPLES_DIR, name)
 
 
 def fid_reference_dir(workdir: str | os.PathLike) -> str:
@@ -102,27 +102,22 @@ def report_dir(workdir: str | os.PathLike) -> str:
 
 def is_workdir(workdir: str | os.PathLike) -> bool:
     """True when `workdir` holds a run (its config.json)."""
-    return os.path.exists(config_path(workdir))
+    return fileio.exists(config_path(workdir))
 
 
 def write_config(workdir: str | os.PathLike, config: Any) -> None:
     """Writes the run config to `<workdir>/config.json` once; warns on a changed config."""
     path = config_path(workdir)
     new = json.loads(config.to_json_best_effort())
-    if os.path.exists(path):
-        with open(path) as f:
-            old = json.load(f)
+    if fileio.exists(path):
+        old = fileio.read_json(path)
         if old != new:
             changed = sorted(_diff_keys(old, new))
             logging.warning(
                 "config differs from the one in %s (kept unchanged): %s", path, ", ".join(changed)
             )
         return
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(new, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
+    fileio.write_json(path, new)
 
 
 def read_config(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
@@ -133,13 +128,12 @@ def read_config(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
       ValueError: naming the file if it is not valid JSON.
     """
     path = config_path(workdir)
-    if not os.path.exists(path):
+    if not fileio.exists(path):
         raise FileNotFoundError(
             f"{path} not found: is {os.fspath(workdir)!r} a facegan_jax training workdir?"
         )
     try:
-        with open(path) as f:
-            data = json.load(f)
+        data = fileio.read_json(path)
     except json.JSONDecodeError as e:
         raise ValueError(f"{path} is not valid JSON ({e}); restore it from a backup") from e
     return ml_collections.ConfigDict(_tuples(data))
@@ -161,10 +155,3 @@ def _diff_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
             out += _diff_keys(old.get(k), new.get(k), f"{prefix}{k}.")
         return out
     return [] if old == new else [prefix.rstrip(".")]
-
-
-def ensure_parent(path: str | os.PathLike) -> Path:
-    """Creates the folder `path` will be written into; returns `path` as a Path."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    return p

@@ -1,7 +1,8 @@
-"""Small builders shared by the tests: tiny configs and fake batches."""
+"""Small builders shared by the tests: tiny configs, fake batches, untrained workdirs."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -45,3 +46,19 @@ def load_config_file(spec: str, *overrides: str) -> Any:
     )
     flag_values(argv)
     return flag_values.config
+
+
+def make_workdir(path: Path, config: Any, pool: np.ndarray | None = None) -> str:
+    """A workdir holding the initial state as its checkpoint (what training writes first)."""
+    from facegan_jax import fileio
+    from facegan_jax import workdir as workdir_lib
+    from facegan_jax.training import checkpointing, components
+
+    run = components.build(config)
+    workdir_lib.write_config(str(path), config)
+    manager = checkpointing.create_manager(str(path))
+    checkpointing.save(manager, run.create_state(), force=True)
+    manager.wait_until_finished()
+    if pool is not None:
+        fileio.save_npy(workdir_lib.attribute_pool_path(str(path)), pool)
+    return str(path)

@@ -13,6 +13,7 @@ from facegan_jax.models.layers import (
     PixelNorm,
     SNConv,
     SNDense,
+    conv_as_dot,
     minibatch_stddev,
     power_iteration,
     spectral_sigma,
@@ -92,7 +93,8 @@ def test_spectral_norm_eval_freezes_u_and_train_advances_it():
     assert np.abs(np.asarray(after_train["spectral"]["u"]) - u0).max() > 1e-3
     # Training call on an immutable collection: reads u, writes nothing, no error.
     out_frozen = layer.apply(variables, x, update_stats=True)
-    np.testing.assert_allclose(out_frozen, out_eval, rtol=1e-6)
+    # Same kernel; inference sums the products as one dot (conv_as_dot): equal to rounding.
+    np.testing.assert_allclose(out_frozen, out_eval, rtol=1e-5, atol=1e-7)
 
 
 def test_spectral_sigma_gradient_is_v_u_outer_product():
@@ -162,3 +164,29 @@ def test_minibatch_stddev_group_at_least_batch_is_whole_batch_statistic():
 def test_minibatch_stddev_rejects_batch_not_divisible_by_group():
     with pytest.raises(ValueError, match=r"config\.model\.mbstd_group_size=4 .* batch of 6"):
         MinibatchStdDev(group_size=4).apply({}, jnp.ones((6, 2, 2, 3)))
+
+
+@pytest.mark.parametrize(
+    "shape,kernel,strides,padding",
+    [
+        ((2, 9, 9, 5), (3, 3), (1, 1), "SAME"),
+        ((2, 8, 8, 4), (4, 4), (2, 2), "SAME"),
+        ((1, 7, 6, 3), (3, 2), (2, 1), "VALID"),
+        ((2, 8, 8, 6), (4, 4), (2, 2), ((1, 1), (1, 1))),
+    ],
+)
+def test_conv_as_dot_equals_the_convolution(shape, kernel, strides, padding):
+    kx, kk = jax.random.split(jax.random.PRNGKey(0))
+    x = jax.random.normal(kx, shape)
+    w = jax.random.normal(kk, (*kernel, shape[-1], 7))
+    want = jax.lax.conv_general_dilated(
+        x,
+        w,
+        strides,
+        padding,
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        precision=jax.lax.Precision.HIGHEST,
+    )
+    got = conv_as_dot(x, w, strides, padding)
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)

@@ -16,23 +16,11 @@ from facegan_jax.cli import sample
 from facegan_jax.data.celeba_attributes import NUM_ATTRIBUTES, attribute_index
 from facegan_jax.generation import editing, sampling
 from facegan_jax.metrics import attributes
-from facegan_jax.training import checkpointing, components
-from tests.helpers import tiny_config
+from facegan_jax.training import components
+from tests.helpers import make_workdir, tiny_config
 
 SMILING = attribute_index("Smiling")
 EYEGLASSES = attribute_index("Eyeglasses")
-
-
-def make_workdir(path: Path, config, pool: np.ndarray | None = None) -> str:
-    """A workdir holding the initial state as its checkpoint (what training writes first)."""
-    run = components.build(config)
-    workdir_lib.write_config(str(path), config)
-    manager = checkpointing.create_manager(str(path))
-    checkpointing.save(manager, run.create_state(), force=True)
-    manager.wait_until_finished()
-    if pool is not None:
-        np.save(workdir_lib.attribute_pool_path(str(path)), pool)
-    return str(path)
 
 
 @pytest.fixture(scope="module")

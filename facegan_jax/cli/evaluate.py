@@ -18,7 +18,7 @@ import argparse
 import json
 import sys
 
-from facegan_jax import runtime
+from facegan_jax import fileio, runtime
 from facegan_jax.data.celeba_attributes import attribute_index
 
 
@@ -94,8 +94,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{mean_cfd}"
         )
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2, default=float)
+        fileio.write_text(args.json, json.dumps(result, indent=2, default=float) + "\n")
     return 0
 
 

@@ -17,12 +17,11 @@ workdir checkpoint that cannot be read is reported the same way with exit code 1
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
-from facegan_jax import errors, runtime
+from facegan_jax import errors, fileio, runtime
 from facegan_jax import workdir as workdir_lib
 from facegan_jax.metrics import evaluation, fid, inception_weights
 
@@ -63,16 +62,15 @@ def source_kind(src: str) -> str:
     Raises:
       ValueError: one line naming `src` and what to pass instead.
     """
-    path = Path(src)
-    if not path.exists():
+    if not fileio.exists(src):
         raise ValueError(f"{src} does not exist; {_WHAT}")
-    if path.is_file():
-        if path.suffix == ".npz":
+    if fileio.isfile(src):
+        if src.endswith(".npz"):
             return STATS
         raise ValueError(f"{src} is a file but not an .npz of statistics; {_WHAT}")
-    if fid.list_image_files(path):
+    if not fileio.is_url(src) and fid.list_image_files(Path(src)):
         return IMAGES
-    if workdir_lib.is_workdir(path):
+    if workdir_lib.is_workdir(src):
         return WORKDIR
     raise ValueError(
         f"{src} holds no image files ({', '.join(fid.IMAGE_EXTENSIONS)}) and no config.json "
@@ -117,7 +115,7 @@ def _check_sources(args: argparse.Namespace) -> list[str]:
             )
         if not out.endswith(".npz"):
             raise ValueError(f"{out}: the statistics output must end in .npz")
-        if os.path.exists(out):
+        if fileio.exists(out):
             raise ValueError(f"{out} already exists; choose another output path (never replaced)")
         return [kind]
     kinds = [source_kind(p) for p in args.path]

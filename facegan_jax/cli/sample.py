@@ -36,7 +36,6 @@ Exit status: 0 done; 2 bad input (one line on stderr, nothing written).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from collections.abc import Sequence
@@ -44,7 +43,7 @@ from typing import Any
 
 import numpy as np
 
-from facegan_jax import runtime
+from facegan_jax import fileio, runtime
 from facegan_jax import workdir as workdir_lib
 from facegan_jax.data.celeba_attributes import CELEBA_ATTRIBUTES
 from facegan_jax.generation import editing, sampling
@@ -294,7 +293,7 @@ def _write_images(
         print(f"wrote {len(images)} {what} as a grid to {args.out}")
     if args.out_dir:
         for name, img in zip(names, sampling.to_uint8(images), strict=True):
-            sampling.save_png(img, os.path.join(args.out_dir, name))
+            sampling.save_png(img, fileio.join(args.out_dir, name))
         print(f"wrote {len(images)} PNGs to {args.out_dir}")
 
 
@@ -342,7 +341,7 @@ def _edit(args, generate, variables, seeds, values, index, strengths) -> None:
         print(f"{name} direction: boundary balanced accuracy {acc:.3f} on held-out latents")
         images = editing.walk(render, z, normal, strengths)
         classifier_folder = args.classifier or directions.classifier or None
-        if classifier_folder and not os.path.isdir(classifier_folder):
+        if classifier_folder and not fileio.isdir(classifier_folder):
             classifier_folder = None
     n, s = images.shape[:2]
     flat = images.reshape(n * s, *images.shape[2:])
@@ -385,7 +384,7 @@ def _fit_directions(args, generate, variables) -> None:
     probs = editing.label_samples(render, classifier, z)
     labelled = time.perf_counter() - start
     directions = editing.fit_directions(
-        z, probs, classifier.thresholds, classifier=os.path.abspath(args.classifier)
+        z, probs, classifier.thresholds, classifier=fileio.resolve(args.classifier)
     )
     path = directions.save(workdir_lib.directions_path(args.workdir))
     for line in editing.format_directions(directions, classifier.balanced_accuracy):

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 from scipy import optimize
 
+from facegan_jax import fileio
 from facegan_jax.data.celeba_attributes import CELEBA_ATTRIBUTES, NUM_ATTRIBUTES
 from facegan_jax.generation import sampling
 
@@ -139,10 +140,8 @@ class Directions:
     def save(self, path: str | os.PathLike) -> str:
         """Writes the directions as an .npz, atomically; returns the path."""
         path = os.fspath(path)
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        tmp = path + ".tmp.npz"
-        np.savez(
-            tmp,
+        fileio.save_npz(
+            path,
             format=np.asarray(FORMAT),
             attributes=np.asarray(CELEBA_ATTRIBUTES),
             normals=self.normals.astype(np.float32),
@@ -153,7 +152,6 @@ class Directions:
             classifier=np.asarray(self.classifier),
             fit_seed=np.asarray(self.fit_seed, np.int64),
         )
-        os.replace(tmp, path)
         return path
 
 
@@ -166,21 +164,21 @@ def load_directions(path: str | os.PathLike, workdir: str | None = None) -> Dire
     """
     path = os.fspath(path)
     command = FIT_COMMAND.format(workdir=workdir or "WORKDIR")
-    if not os.path.exists(path):
+    if not fileio.exists(path):
         raise FileNotFoundError(f"{path} not found: fit the directions first with `{command}`")
     try:
-        with np.load(path, allow_pickle=False) as f:
-            if str(f["format"]) != FORMAT or tuple(f["attributes"]) != CELEBA_ATTRIBUTES:
-                raise ValueError("not a directions file")
-            d = Directions(
-                normals=np.asarray(f["normals"], np.float32),
-                offsets=np.asarray(f["offsets"], np.float32),
-                accuracy=np.asarray(f["accuracy"], np.float64),
-                positives=np.asarray(f["positives"], np.int64),
-                num_samples=int(f["num_samples"]),
-                classifier=str(f["classifier"]),
-                fit_seed=int(f["fit_seed"]),
-            )
+        f = fileio.load_npz(path)
+        if str(f["format"]) != FORMAT or tuple(f["attributes"]) != CELEBA_ATTRIBUTES:
+            raise ValueError("not a directions file")
+        d = Directions(
+            normals=np.asarray(f["normals"], np.float32),
+            offsets=np.asarray(f["offsets"], np.float32),
+            accuracy=np.asarray(f["accuracy"], np.float64),
+            positives=np.asarray(f["positives"], np.int64),
+            num_samples=int(f["num_samples"]),
+            classifier=str(f["classifier"]),
+            fit_seed=int(f["fit_seed"]),
+        )
     except (OSError, KeyError, ValueError) as e:
         raise ValueError(
             f"{path} is not a readable directions file ({e}); refit with `{command}`"

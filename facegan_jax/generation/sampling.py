@@ -43,8 +43,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from PIL import Image
 
+from facegan_jax import fileio
 from facegan_jax.data.celeba_attributes import CELEBA_ATTRIBUTES, NUM_ATTRIBUTES
 
 PyTree = Any
@@ -446,11 +446,7 @@ def make_grid(images: np.ndarray, ncols: int | None = None, pad: int = 2) -> np.
 
 def save_png(image: np.ndarray, path: str) -> None:
     """Writes a uint8 [H, W, C] image (C = 1 or 3) as PNG, atomically."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    img = image[..., 0] if image.shape[-1] == 1 else image
-    tmp = path + ".tmp.png"
-    Image.fromarray(img).save(tmp)
-    os.replace(tmp, path)
+    fileio.save_image(path, image)
 
 
 def save_grid(images: np.ndarray, path: str, ncols: int | None = None) -> None:
@@ -482,10 +478,10 @@ def _has_module(name: str) -> bool:
 def save_animation(frames: np.ndarray, path: str, fps: float = 20.0) -> None:
     """Writes uint8 frames [F, H, W, C] as an animated GIF (looping) or an MP4.
 
-    GIFs go through imageio (Pillow alone when imageio is not installed); a GIF
+    GIFs go through imageio; a GIF
     holds 256 colours per frame, so its pixels are a palette approximation of
     the frames (write PNGs for exact pixels). MP4s (H.264, lossy) need
-    imageio-ffmpeg. The file appears atomically.
+    imageio-ffmpeg. The file appears whole (fileio.write_bytes).
 
     Raises:
       ValueError: see `check_animation_path`.
@@ -496,8 +492,6 @@ def save_animation(frames: np.ndarray, path: str, fps: float = 20.0) -> None:
     frames = np.asarray(frames, np.uint8)
     if frames.shape[-1] == 1:
         frames = frames[..., 0]
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp" + ext
     if ext == ".mp4":
         import imageio.v2 as imageio
 
@@ -506,24 +500,13 @@ def save_animation(frames: np.ndarray, path: str, fps: float = 20.0) -> None:
             # Python's warning about forking a multithreaded (JAX) process does not apply.
             warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called")
             # Even sizes only for yuv420p; every resolution we generate is even.
-            imageio.mimwrite(tmp, list(frames), fps=fps, macro_block_size=1, format="FFMPEG")
+            with fileio.local_file(path, suffix=ext) as tmp:  # ffmpeg writes a local file
+                imageio.mimwrite(tmp, list(frames), fps=fps, macro_block_size=1, format="FFMPEG")
     else:
-        duration_ms = 1000.0 / fps
-        if _has_module("imageio"):
-            import imageio.v3 as iio
+        import imageio.v3 as iio
 
-            iio.imwrite(tmp, frames, extension=".gif", duration=duration_ms, loop=0)
-        else:  # Pillow is always there
-            images = [Image.fromarray(f) for f in frames]
-            images[0].save(
-                tmp,
-                format="GIF",
-                save_all=True,
-                append_images=images[1:],
-                duration=duration_ms,
-                loop=0,
-            )
-    os.replace(tmp, path)
+        gif = iio.imwrite("<bytes>", frames, extension=".gif", duration=1000.0 / fps, loop=0)
+        fileio.write_bytes(path, gif)
 
 
 # ----------------------------------------------------------------------------- seeds

@@ -40,7 +40,6 @@ import json
 import math
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import flax.linen as nn
@@ -50,6 +49,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from facegan_jax import fileio
 from facegan_jax.data.celeba_attributes import (
     CELEBA_ATTRIBUTES,
     NUM_ATTRIBUTES,
@@ -264,7 +264,7 @@ class Classifier:
         """Attributes whose validation balanced accuracy is >= `min_bacc` (CelebA order)."""
         return reliable_attributes(self, min_bacc)
 
-    def save(self, folder: str | os.PathLike) -> Path:
+    def save(self, folder: str | os.PathLike) -> Any:
         """Writes `classifier.json` and `weights.msgpack` into `folder` (created if needed).
 
         The weights go first, under a temporary name; the JSON, which records their
@@ -274,13 +274,11 @@ class Classifier:
         Returns:
           The folder.
         """
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
+        folder = fileio.as_path(folder)
         data = flax.serialization.msgpack_serialize(
             flax.serialization.to_state_dict(jax.device_get(self.params))
         )
-        weights = folder / WEIGHTS_FILE
-        _atomic_write(weights, data)
+        fileio.write_bytes(folder / WEIGHTS_FILE, data)
         bacc = {
             name: (None if np.isnan(v) else float(v))
             for name, v in zip(CELEBA_ATTRIBUTES, self.balanced_accuracy)
@@ -307,14 +305,8 @@ class Classifier:
                 "sha256": hashlib.sha256(data).hexdigest(),
             },
         }
-        _atomic_write(folder / CONFIG_FILE, (json.dumps(config, indent=2) + "\n").encode())
+        fileio.write_text(folder / CONFIG_FILE, json.dumps(config, indent=2) + "\n")
         return folder
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def _as_images(images: Any) -> np.ndarray:
@@ -349,7 +341,7 @@ def check_widths(widths: Sequence[int], image_size: int) -> None:
 # ------------------------------------------------------------------ load
 def check_folder(folder: str | None, field: str) -> None:
     """Raises a ValueError naming config field `field` unless `folder` holds a classifier."""
-    if not folder or not (Path(folder).expanduser() / CONFIG_FILE).is_file():
+    if not folder or not fileio.isfile(fileio.join(folder, CONFIG_FILE)):
         raise ValueError(
             f"{field}={folder!r} is not an attribute classifier folder; "
             "train one with `python -m data_prep.train_attribute_classifier --out FOLDER`"
@@ -371,10 +363,10 @@ def load(folder: str | os.PathLike) -> Classifier:
         config) or whose arrays do not match the config's network. The message
         names the file and says how to rebuild the folder.
     """
-    folder = Path(folder).expanduser()
+    folder = fileio.as_path(folder)
     config_path = folder / CONFIG_FILE
 
-    def fail(path: Path, what: str) -> ClassifierFileError:
+    def fail(path: Any, what: str) -> ClassifierFileError:
         return ClassifierFileError(
             f"{path}: {what}; retrain the classifier with "
             f"`{TRAIN_COMMAND.format(folder=os.fspath(folder))}`"

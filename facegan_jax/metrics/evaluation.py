@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -28,6 +27,7 @@ import numpy as np
 from absl import logging
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from facegan_jax import fileio
 from facegan_jax import workdir as workdir_lib
 from facegan_jax.metrics import fid, inception_weights
 
@@ -231,10 +231,10 @@ def _training_reference(config: Any, params: PyTree, workdir: str) -> dict[str, 
         f"{data.name}_{data.eval_split}_{data.image_size}px_{data.channels}ch_{data.crop}_"
         f"n{config.fid.num_samples}.npz"
     ).replace("/", "_")
-    path = Path(workdir_lib.fid_reference_dir(workdir)) / name
-    if path.exists():
-        with np.load(path) as cached:
-            return {k: cached[k] for k in cached.files if k in ("mu", "sigma", "features")}
+    path = fileio.join(workdir_lib.fid_reference_dir(workdir), name)
+    if fileio.exists(path):
+        cached = fileio.load_npz(path)
+        return {k: v for k, v in cached.items() if k in ("mu", "sigma", "features")}
     dataset = _eval_split(config, config.fid.batch_size)
     feats = fid.features_from_images(
         dataset.as_numpy_iterator(),
@@ -249,10 +249,7 @@ def _training_reference(config: Any, params: PyTree, workdir: str) -> dict[str, 
     if n < config.fid.num_samples:
         logging.warning("FID reference: split %r has only %d images", data.eval_split, n)
     if jax.process_index() == 0:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp.npz")
-        np.savez(tmp, n=n, source=f"{data.name}:{data.eval_split}", **ref)
-        os.replace(tmp, path)
+        fileio.save_npz(path, n=n, source=f"{data.name}:{data.eval_split}", **ref)
     return ref
 
 
@@ -316,10 +313,14 @@ def real_attribute_reference(
         f"{data.name}_{data.eval_split}_{data.image_size}px_{data.channels}ch_{data.crop}_"
         f"n{num_samples}_{_fingerprint(classifier)}"
     ).replace("/", "_")
-    folder = Path(workdir_lib.attr_reference_dir(workdir)) if workdir else None
-    paths = (folder / f"{name}.npy", folder / f"{name}.labels.npy") if folder else None
-    if paths is not None and all(p.exists() for p in paths):
-        return np.load(paths[0]), np.load(paths[1])
+    folder = workdir_lib.attr_reference_dir(workdir) if workdir else None
+    paths = (
+        (fileio.join(folder, f"{name}.npy"), fileio.join(folder, f"{name}.labels.npy"))
+        if folder
+        else ()
+    )
+    if folder and all(fileio.exists(p) for p in paths):
+        return fileio.load_npy(paths[0]), fileio.load_npy(paths[1])
     from facegan_jax.metrics import attributes
 
     dataset = _eval_split(config, config.attr_eval.batch_size)
@@ -332,12 +333,9 @@ def real_attribute_reference(
 
     feats = attributes.collect_features(classifier, images(), num_samples)
     labels_all = np.concatenate(labels)[: len(feats)] if labels else np.zeros((0, 40), np.float32)
-    if paths is not None and jax.process_index() == 0:
-        folder.mkdir(parents=True, exist_ok=True)
+    if folder and jax.process_index() == 0:
         for path, array in zip(paths, (feats, labels_all)):
-            tmp = path.with_suffix(".tmp.npy")
-            np.save(tmp, array)
-            os.replace(tmp, path)
+            fileio.save_npy(path, array)
     return feats, labels_all
 
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import functools
 import os
-import zipfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,7 @@ import numpy as np
 import scipy.linalg
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from facegan_jax import fileio
 from facegan_jax.metrics import inception
 
 PyTree = Any
@@ -432,15 +432,12 @@ def save_stats(path: str | os.PathLike, mu: np.ndarray, sigma: np.ndarray, **met
       ValueError: `path` does not end in .npz.
       FileExistsError: `path` exists.
     """
-    path = Path(path)
-    if path.suffix != ".npz":
+    path = fileio.resolve(path)
+    if not path.endswith(".npz"):
         raise ValueError(f"{path}: statistics output must end in .npz")
-    if path.exists():
+    if fileio.exists(path):
         raise FileExistsError(f"{path} already exists; choose another output path")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, mu=mu, sigma=sigma, **{k: np.asarray(v) for k, v in meta.items()})
-    os.replace(tmp, path)
+    fileio.save_npz(path, mu=mu, sigma=sigma, **{k: np.asarray(v) for k, v in meta.items()})
 
 
 def load_stats(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
@@ -456,18 +453,15 @@ def load_stats(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
       ValueError: naming the file when it is unreadable or lacks `mu` or `sigma`.
     """
     try:
-        data = np.load(path)
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        data = fileio.load_npz(path)
+    except (OSError, ValueError) as e:
         raise ValueError(
             f"{path}: cannot read statistics ({e}); expected an .npz of mu, sigma"
         ) from None
-    if not isinstance(data, np.lib.npyio.NpzFile):
-        raise ValueError(f"{path}: a single array, not an .npz of mu, sigma")
-    with data:
-        missing = [k for k in ("mu", "sigma") if k not in data.files]
-        if missing:
-            raise ValueError(
-                f"{path}: statistics file without {missing[0]!r}; write one with "
-                "`python -m facegan_jax.fid --save-stats SRC OUT.npz`"
-            )
-        return data["mu"], data["sigma"]
+    missing = [k for k in ("mu", "sigma") if k not in data]
+    if missing:
+        raise ValueError(
+            f"{path}: statistics file without {missing[0]!r}; write one with "
+            "`python -m facegan_jax.fid --save-stats SRC OUT.npz`"
+        )
+    return data["mu"], data["sigma"]

@@ -250,10 +250,7 @@ class Generator(nn.Module):
             modulate = layers.Modulate()
             return lambda x: modulate(bn(x), embedding)  # conditional BatchNorm
 
-        x = z.reshape(z.shape[0], 1, 1, z.shape[-1]).astype(self.dtype)  # [B, 1, 1, Z]
-        x = nn.ConvTranspose(
-            width, (4, 4), padding="VALID", use_bias=False, kernel_init=_INIT, dtype=self.dtype
-        )(x)  # [B, 4, 4, width]
+        x = Project4x4(width, dtype=self.dtype, name="ConvTranspose_0")(z)  # [B, 4, 4, width]
         x = act(norm()(x))
         return upsample_to_image(
             x,
@@ -265,6 +262,30 @@ class Generator(nn.Module):
             kernel_init=_INIT,
             dtype=self.dtype,
         )
+
+
+class Project4x4(nn.Module):
+    """z [B, Z] -> [B, 4, 4, F]: the generator's first layer, a matrix product.
+
+    Equal (to float rounding) to PyTorch's `ConvTranspose2d(Z, F, 4, 1, 0)` on a
+    1x1 input, i.e. `nn.ConvTranspose(F, (4, 4), padding='VALID', use_bias=False)`
+    on `z[:, None, None, :]`, with the same parameter (`kernel` [4, 4, Z, F]), so
+    checkpoints of either load into the other. Written as one `dot` because XLA:CPU
+    runs that degenerate convolution (a 1x1 input dilated and padded to 7x7) through
+    a kernel whose last bits depend on the client's device count: the same seed gave
+    a different PNG on 1 and 8 CPU devices. Its dot is also ~10x faster.
+    """
+
+    features: int
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, z: jax.Array) -> jax.Array:
+        kernel = self.param("kernel", _INIT, (4, 4, z.shape[-1], self.features), jnp.float32)
+        k = kernel[::-1, ::-1].astype(self.dtype)  # a transposed conv flips the kernel
+        w = jnp.transpose(k, (2, 0, 1, 3)).reshape(z.shape[-1], 16 * self.features)
+        x = jnp.dot(z.astype(self.dtype), w)  # [B, 16 F]
+        return x.reshape(z.shape[0], 4, 4, self.features)
 
 
 class Discriminator(nn.Module):

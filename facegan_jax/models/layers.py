@@ -154,6 +154,29 @@ class SNDense(nn.Module):
         return y
 
 
+def conv_as_dot(x: jax.Array, kernel: jax.Array, strides: Sequence[int], padding: Any) -> jax.Array:
+    """`lax.conv_general_dilated` (NHWC, HWIO) as exact patch extraction and one `dot`.
+
+    Equal to the convolution to float rounding. The patches are gathered by a
+    convolution with a 0/1 kernel, which is exact in any summation order, and
+    the products summed by a matrix product, whose result XLA:CPU computes the
+    same way whatever the client's device count; its direct convolution kernels
+    do not (some shapes differ in the last bits between 1, 2 and 8 CPU devices).
+    Used by generators in inference, so a seed's image is the same on any device count.
+    """
+    kh, kw, cin, cout = kernel.shape
+    patches = lax.conv_general_dilated_patches(
+        x,
+        (kh, kw),
+        tuple(strides),
+        padding,
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        precision=lax.Precision.HIGHEST,
+    )  # [B, H', W', cin * kh * kw], feature order (cin, kh, kw)
+    w = jnp.transpose(kernel, (2, 0, 1, 3)).reshape(cin * kh * kw, cout)
+    return jnp.dot(patches, w)
+
+
 class SNConv(nn.Module):
     """2-D convolution (NHWC, HWIO kernel) with a spectrally normalised kernel.
 
@@ -189,13 +212,17 @@ class SNConv(nn.Module):
             update_stats=update_stats,
             eps=self.eps,
         )
-        y = lax.conv_general_dilated(
-            x.astype(self.dtype),
-            kernel.astype(self.dtype),
-            window_strides=tuple(self.strides),
-            padding=self.padding if isinstance(self.padding, str) else tuple(self.padding),
-            dimension_numbers=("NHWC", "HWIO", "NHWC"),
-        )  # [B, H', W', cout]
+        padding = self.padding if isinstance(self.padding, str) else tuple(self.padding)
+        if update_stats:
+            y = lax.conv_general_dilated(
+                x.astype(self.dtype),
+                kernel.astype(self.dtype),
+                window_strides=tuple(self.strides),
+                padding=padding,
+                dimension_numbers=("NHWC", "HWIO", "NHWC"),
+            )  # [B, H', W', cout]
+        else:
+            y = conv_as_dot(x.astype(self.dtype), kernel.astype(self.dtype), self.strides, padding)
         if self.use_bias:
             bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype)
             y = y + bias.astype(self.dtype)

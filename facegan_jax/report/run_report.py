@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 from absl import logging
 
+from facegan_jax import fileio
 from facegan_jax import workdir as workdir_lib
 from facegan_jax.metrics import memorization as mem
 
@@ -63,7 +64,7 @@ _EVENTS_RE = re.compile(r"events\.out\.tfevents\.(\d+)")
 
 def report_path(workdir: str | os.PathLike, name: str) -> str:
     """`<workdir>/report/<name>`."""
-    return os.path.join(workdir_lib.report_dir(workdir), name)
+    return fileio.join(workdir_lib.report_dir(workdir), name)
 
 
 # ------------------------------------------------------------------------------ scalars
@@ -77,10 +78,8 @@ class Series:
 
 def event_files(workdir: str | os.PathLike) -> list[str]:
     """The workdir's TensorBoard event files, oldest first (by the timestamp in the name)."""
-    folder = os.fspath(workdir)
-    if not os.path.isdir(folder):
-        return []
-    names = [n for n in os.listdir(folder) if _EVENTS_RE.match(n)]
+    folder = fileio.resolve(workdir)
+    names = [n for n in fileio.listdir(folder) if _EVENTS_RE.match(n)]
 
     def order(name: str) -> tuple[int, int, str]:
         # events.out.tfevents.<seconds>.<host>.<pid>.<uid>.v2: two writers may share a second
@@ -88,7 +87,7 @@ def event_files(workdir: str | os.PathLike) -> list[str]:
         return int(_EVENTS_RE.match(name).group(1)), int(uid.group(1)) if uid else 0, name
 
     names.sort(key=order)
-    return [os.path.join(folder, n) for n in names]
+    return [fileio.join(folder, n) for n in names]
 
 
 def _file_scalars(path: str) -> dict[str, dict[int, float]]:
@@ -238,10 +237,7 @@ def plot_curves(scalars: dict[str, Series], path: str) -> str | None:
         ax.legend(loc="best", fontsize="small")
     for ax in axes[len(panels) :]:
         ax.set_visible(False)
-    workdir_lib.ensure_parent(path)
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=100)
-    os.replace(tmp, path)
+    fileio.save_figure(path, fig)
     return path
 
 
@@ -249,13 +245,11 @@ def plot_curves(scalars: dict[str, Series], path: str) -> str | None:
 def control_grids(workdir: str | os.PathLike) -> list[tuple[int, str]]:
     """(step, path) of the control grids `samples/step_*.png`, in step order."""
     folder = workdir_lib.samples_dir(workdir)
-    if not os.path.isdir(folder):
-        return []
     found = []
-    for name in os.listdir(folder):
+    for name in fileio.listdir(folder):
         match = _GRID_RE.match(name)
         if match:
-            found.append((int(match.group(1)), os.path.join(folder, name)))
+            found.append((int(match.group(1)), fileio.join(folder, name)))
     return sorted(found)
 
 
@@ -271,7 +265,7 @@ def _captioned(path: str, caption: str, size: tuple[int, int] | None) -> np.ndar
     """The grid at `path` as RGB uint8, resized to `size` if given, with a caption strip on top."""
     from PIL import Image, ImageDraw, ImageFont
 
-    image = Image.open(path).convert("RGB")
+    image = fileio.load_image(path).convert("RGB")
     if size is not None and image.size != size:
         image = image.resize(size, Image.Resampling.LANCZOS)
     font_size = max(12, min(28, image.width // 14))
@@ -303,17 +297,14 @@ def write_progress_gif(
     """
     if not grids:
         return None
-    from PIL import Image
 
     from facegan_jax.generation import sampling
 
     grids = _thin(grids, max_frames)
-    with Image.open(grids[0][1]) as first:
-        w, h = first.size
+    w, h = fileio.load_image(grids[0][1]).size
     scale = min(1.0, max_side / max(w, h))
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
     frames = np.stack([_captioned(p, f"step {s}", size) for s, p in grids])
-    workdir_lib.ensure_parent(path)
     sampling.save_animation(frames, path, fps=fps)
     return path
 
@@ -345,18 +336,18 @@ def write_html(
     written: dict[str, str],
 ) -> str:
     """Writes `index.html`: curves, progress GIF, last grid, metrics, memorisation, config."""
-    out_dir = workdir_lib.report_dir(workdir)
     path = report_path(workdir, INDEX_FILE)
     esc = html.escape
+    name = fileio.resolve(workdir).rstrip("/").rsplit("/", 1)[-1]
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'>",
-        f"<title>facegan_jax report: {esc(os.path.basename(os.path.abspath(workdir)))}</title>",
+        f"<title>facegan_jax report: {esc(name)}</title>",
         "<style>body{font-family:sans-serif;margin:2em;max-width:1300px}"
         "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 8px;"
         "text-align:right}td:first-child,th:first-child{text-align:left}"
         "pre{background:#f6f6f6;padding:1em;overflow:auto}img{max-width:100%}</style>",
         "</head><body>",
-        f"<h1>Run {esc(os.path.abspath(workdir))}</h1>",
+        f"<h1>Run {esc(fileio.resolve(workdir))}</h1>",
     ]
     if "curves" in written:
         parts += ["<h2>Training curves</h2>", f"<img src='{CURVES_FILE}' alt='curves'>"]
@@ -364,7 +355,7 @@ def write_html(
         parts.append("<p>No scalars logged yet (no TensorBoard event files).</p>")
     if "progress" in written:
         last_step, last_grid = grids[-1]
-        rel = os.path.relpath(last_grid, out_dir)
+        rel = "../" + workdir_lib.SAMPLES_DIR + "/" + last_grid.rsplit("/", 1)[-1]
         parts += [
             "<h2>Control samples</h2>",
             f"<p>{len(grids)} grids, steps {grids[0][0]} to {last_step}.</p>",
@@ -385,26 +376,20 @@ def write_html(
     parts += _memorization_html(workdir)
     config_file = workdir_lib.config_path(workdir)
     try:
-        with open(config_file) as f:
-            config_text = json.dumps(json.load(f), indent=2, sort_keys=True)
+        config_text = json.dumps(fileio.read_json(config_file), indent=2, sort_keys=True)
     except (OSError, json.JSONDecodeError) as e:
         config_text = f"(cannot read {config_file}: {e})"
     parts += ["<h2>Config (config.json)</h2>", f"<pre>{esc(config_text)}</pre>", "</body></html>"]
-    workdir_lib.ensure_parent(path)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write("\n".join(parts) + "\n")
-    os.replace(tmp, path)
+    fileio.write_text(path, "\n".join(parts) + "\n")
     return path
 
 
 def _memorization_html(workdir: str | os.PathLike) -> list[str]:
     path = report_path(workdir, MEMORIZATION_JSON)
-    if not os.path.exists(path):
+    if not fileio.exists(path):
         return []
     try:
-        with open(path) as f:
-            data = json.load(f)
+        data = fileio.read_json(path)
     except (OSError, json.JSONDecodeError):
         return []
     try:
@@ -432,7 +417,7 @@ def _memorization_rows(workdir: str | os.PathLike, data: dict[str, Any]) -> list
     parts += [f"<tr><td>{esc(str(k))}</td><td>{esc(str(v))}</td></tr>" for k, v in rows]
     parts.append("</table>")
     for name in (MEMORIZATION_HIST_FILE, MEMORIZATION_FILE):
-        if os.path.exists(report_path(workdir, name)):
+        if fileio.exists(report_path(workdir, name)):
             parts.append(f"<p><img src='{name}' alt='{name}'></p>")
     return parts
 
@@ -447,7 +432,7 @@ def write_report(workdir: str | os.PathLike) -> dict[str, str]:
     Returns:
       {'curves': path, 'progress': path, 'index': path} for the files written.
     """
-    workdir = os.path.abspath(os.fspath(workdir))
+    workdir = fileio.resolve(workdir)
     scalars = read_scalars(workdir)
     grids = control_grids(workdir)
     written: dict[str, str] = {}
@@ -531,7 +516,7 @@ def feature_space(
     from facegan_jax.metrics import attributes
 
     clf = attributes.load(classifier)
-    desc = f"attribute classifier {os.path.abspath(classifier)} ({clf.feature_dim}-d penultimate)"
+    desc = f"attribute classifier {fileio.resolve(classifier)} ({clf.feature_dim}-d penultimate)"
     if why:
         desc += "; Inception weights unavailable"
         logging.info("memorisation: Inception weights unavailable (%s); using %s", why, classifier)
@@ -632,7 +617,7 @@ def check_memorization(
     """
     from facegan_jax.training import components
 
-    workdir = os.path.abspath(os.fspath(workdir))
+    workdir = fileio.resolve(workdir)
     if num < 1 or batch_size < 1:
         raise ValueError(f"--num={num} and --batch-size={batch_size} must be >= 1")
     if num_heldout is not None and num_heldout < 1:
@@ -716,12 +701,7 @@ def _checkpoint_step(workdir: str, step: int | None) -> int | None:
 
 
 def _write_json(path: str, data: dict[str, Any]) -> None:
-    workdir_lib.ensure_parent(path)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
+    fileio.write_json(path, data)
 
 
 def _show(ax: Any, image: np.ndarray) -> None:
@@ -758,10 +738,7 @@ def _plot_neighbours(
         f"held-out nearest-train distance: min {heldout_min:.3g}, median {heldout_median:.3g}",
         fontsize=9,
     )
-    workdir_lib.ensure_parent(path)
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=100)
-    os.replace(tmp, path)
+    fileio.save_figure(path, fig)
     return path
 
 
@@ -788,8 +765,5 @@ def _plot_histogram(result: mem.MemorizationResult, space: FeatureSpace, path: s
         fontsize=10,
     )
     ax.legend(fontsize="small")
-    workdir_lib.ensure_parent(path)
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=100)
-    os.replace(tmp, path)
+    fileio.save_figure(path, fig)
     return path

@@ -35,19 +35,17 @@ belong to workdir.py.
 
 from __future__ import annotations
 
-import glob
+import contextlib
 import hashlib
-import json
 import os
 import re
-import shutil
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
 from absl import logging
 
-from facegan_jax import errors
+from facegan_jax import errors, fileio
 from facegan_jax import workdir as workdir_lib
 from facegan_jax.training.state import GanState
 
@@ -81,7 +79,7 @@ class CheckpointManager(ocp.CheckpointManager):
 
     def step_dir(self, step: int) -> str:
         """`<workdir>/checkpoints/<step>`."""
-        return os.path.join(str(self.directory), str(step))
+        return fileio.join(os.fspath(self.directory), str(step))
 
     def save_state(self, state: GanState, *, force: bool = False) -> bool:
         """Starts saving `state` at its step; see `save`."""
@@ -118,29 +116,25 @@ class CheckpointManager(ocp.CheckpointManager):
     def finish_if_done(self) -> None:
         """Writes the checksums of a save that completed in the background (blocks briefly)."""
         step = self._facegan_in_flight
-        if step is not None and os.path.isdir(self.step_dir(step)):
+        if step is not None and fileio.isdir(self.step_dir(step)):
             self.wait_until_finished()
 
     def _write_checksums(self, step: int) -> None:
         if jax.process_index() != 0:
             return
-        path = os.path.join(self.step_dir(step), CHECKSUMS_FILE)
-        tmp = path + ".tmp"
+        path = fileio.join(self.step_dir(step), CHECKSUMS_FILE)
         try:
-            listing = {"files": file_checksums(self.step_dir(step))}
-            with open(tmp, "w") as f:
-                json.dump(listing, f, indent=1, sort_keys=True)
-            os.replace(tmp, path)
+            fileio.write_json(path, {"files": file_checksums(self.step_dir(step))}, indent=1)
         except OSError as e:  # the checkpoint itself is complete; only its verification is lost
             logging.warning("could not write %s (%s); that checkpoint stays unverified", path, e)
-            if os.path.exists(tmp):
-                os.remove(tmp)
 
     def _save_failed(self, step: int, error: BaseException) -> errors.CheckpointError:
         """The error of a failed save; removes its partial files and re-reads the steps on disk."""
         if jax.process_index() == 0:
-            for tmp in glob.glob(os.path.join(glob.escape(str(self.directory)), f"{step}.orbax-*")):
-                shutil.rmtree(tmp, ignore_errors=True)
+            for name in fileio.listdir(self.directory):
+                if name.startswith(f"{step}.orbax-"):
+                    with contextlib.suppress(OSError):
+                        fileio.rmtree(fileio.join(os.fspath(self.directory), name))
         self.reload()  # orbax forgot the steps it meant to delete after this save
         good = [s for s in self.all_steps() if s != step]
         intact = (
@@ -202,15 +196,11 @@ def save(manager: CheckpointManager, state: GanState, *, force: bool = False) ->
 def file_checksums(directory: str) -> dict[str, list]:
     """`{relative path: [size, sha256]}` of every file under `directory` but the checksum file."""
     out = {}
-    for root, _, names in os.walk(directory):
-        for name in sorted(names):
-            path = os.path.join(root, name)
-            rel = os.path.relpath(path, directory)
-            if rel == CHECKSUMS_FILE:
-                continue
-            with open(path, "rb") as f:
-                digest = hashlib.file_digest(f, "sha256").hexdigest()
-            out[rel] = [os.path.getsize(path), digest]
+    for rel in sorted(fileio.walk_files(directory)):
+        if rel == CHECKSUMS_FILE:
+            continue
+        data = fileio.read_bytes(fileio.join(directory, rel))
+        out[rel] = [len(data), hashlib.sha256(data).hexdigest()]
     return out
 
 
@@ -220,24 +210,22 @@ def verify(step_dir: str) -> str | None:
     Args:
       step_dir: `<workdir>/checkpoints/<step>`.
     """
-    path = os.path.join(step_dir, CHECKSUMS_FILE)
-    if not os.path.exists(path):
+    path = fileio.join(step_dir, CHECKSUMS_FILE)
+    if not fileio.exists(path):
         return None  # written before checksums existed, or killed just after its commit
     try:
-        with open(path) as f:
-            expected = json.load(f)["files"]
+        expected = fileio.read_json(path)["files"]
     except (OSError, ValueError, KeyError) as e:
         return f"{CHECKSUMS_FILE} is unreadable ({e})"
     for rel, (size, digest) in sorted(expected.items()):
-        file = os.path.join(step_dir, rel)
-        if not os.path.isfile(file):
+        file = fileio.join(step_dir, rel)
+        if not fileio.isfile(file):
             return f"{rel} is missing"
-        actual = os.path.getsize(file)
-        if actual != size:
-            return f"{rel} has {actual} bytes, {size} when saved"
-        with open(file, "rb") as f:
-            if hashlib.file_digest(f, "sha256").hexdigest() != digest:
-                return f"{rel} does not match its checksum"
+        data = fileio.read_bytes(file)
+        if len(data) != size:
+            return f"{rel} has {len(data)} bytes, {size} when saved"
+        if hashlib.sha256(data).hexdigest() != digest:
+            return f"{rel} does not match its checksum"
     return None
 
 
@@ -308,11 +296,11 @@ def set_aside(manager: CheckpointManager, step: int) -> str:
     src = manager.step_dir(step)
     dst = src + CORRUPT_SUFFIX
     n = 1
-    while os.path.exists(dst):
+    while fileio.exists(dst):
         n += 1
         dst = f"{src}{CORRUPT_SUFFIX}{n}"
     if jax.process_index() == 0:
-        os.rename(src, dst)
+        fileio.rename(src, dst)
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
 

@@ -25,7 +25,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding
 
-from facegan_jax import sharding
+from facegan_jax import fileio, sharding
 from facegan_jax import workdir as workdir_lib
 from facegan_jax.generation import sampling
 from facegan_jax.models import build_models, upgrade_model_fields
@@ -164,7 +164,7 @@ def load_attribute_pool(workdir: str) -> np.ndarray:
     """
     path = workdir_lib.attribute_pool_path(workdir)
     try:
-        return np.load(path)
+        return fileio.load_npy(path)
     except FileNotFoundError:
         raise FileNotFoundError(f"{path} not found: it is written when training starts") from None
 
@@ -181,6 +181,7 @@ def load_generator(
 
     Returns:
       (generate, variables, config): `generate(variables, indices[, attributes])`
+      (variables on the first local device; metrics re-place them on their mesh)
       gives images in [-1, 1] with latents from `sampling.latents(SAMPLE_SEED, indices)`;
       without `attributes`, conditional models use vectors from the workdir's
       real attribute pool.
@@ -195,6 +196,11 @@ def load_generator(
         variables = {"params": state.ema_params, **state.ema_vars}
     else:
         variables = {"params": state.g_params, **state.g_vars}
+    # On one device, whatever the mesh the state was restored onto: a generator replicated
+    # over N devices compiles to an N-device program, whose float results differ in the last
+    # bits from the one-device program's (1 vs 8 CPU devices: 25 of 256 PNGs by one level).
+    # One device gives every seed the same image on 1, 2 or 8 devices (tests/test_sample_cli).
+    variables = jax.device_put(variables, jax.local_devices()[0])
     pool = load_attribute_pool(workdir) if config.model.num_attributes else None
     generate = sampling.make_generate_fn(run.generator, config, seed=SAMPLE_SEED, pool=pool)
     return generate, variables, config

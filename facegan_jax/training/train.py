@@ -45,7 +45,7 @@ from absl import logging
 from clu import metric_writers
 from flax import traverse_util
 
-from facegan_jax import errors, sharding
+from facegan_jax import errors, fileio, sharding
 from facegan_jax import workdir as workdir_lib
 from facegan_jax.data import input_pipeline
 from facegan_jax.data.celeba_attributes import NUM_ATTRIBUTES
@@ -377,8 +377,8 @@ def check_workdir(config: Any, workdir: str) -> None:
     """
     if not os.fspath(workdir).strip():  # abspath('') would be the current directory
         raise errors.WorkdirError("--workdir is empty; name the directory of the run")
-    workdir = os.path.abspath(workdir)
-    if os.path.exists(workdir) and not os.path.isdir(workdir):
+    workdir = fileio.resolve(workdir)
+    if fileio.isfile(workdir):
         raise errors.WorkdirError(f"--workdir {workdir} is a file, not a directory")
     if not workdir_lib.is_workdir(workdir):
         return
@@ -429,13 +429,11 @@ def load_attribute_pool(config: Any, workdir: str) -> np.ndarray | None:
     if not config.model.num_attributes:
         return None
     path = workdir_lib.attribute_pool_path(workdir)
-    if os.path.exists(path):
-        return np.load(path)
+    if fileio.exists(path):
+        return fileio.load_npy(path)
     pool = np.asarray(input_pipeline.attribute_pool(config), np.float32)
     if jax.process_index() == 0:
-        tmp = path + ".tmp.npy"
-        np.save(tmp, pool)
-        os.replace(tmp, path)
+        fileio.save_npy(path, pool)
     return pool
 
 
@@ -511,12 +509,12 @@ def train_and_evaluate(config: Any, workdir: str) -> state_lib.GanState:
     # Everything up to `_open_dataset` only reads: a mistake leaves the workdir untouched.
     validate_config(config)
     check_workdir(config, workdir)
-    workdir = os.path.abspath(workdir)
+    workdir = fileio.resolve(workdir)
     run = components.build(config)
     check_architecture(run)
     step_examples = config.train.batch_size * config.train.n_critic
     manager, state = None, None
-    if os.path.isdir(workdir_lib.checkpoint_dir(workdir)):
+    if fileio.isdir(workdir_lib.checkpoint_dir(workdir)):
         manager = _create_manager(workdir, config)
         if manager.all_steps():
             state = checkpointing.restore(manager, run.abstract_state(), set_aside_corrupt=True)
@@ -527,7 +525,7 @@ def train_and_evaluate(config: Any, workdir: str) -> state_lib.GanState:
         "JAX process %d/%d, devices: %s", jax.process_index(), jax.process_count(), jax.devices()
     )
     try:
-        os.makedirs(workdir, exist_ok=True)
+        fileio.makedirs(workdir)
     except OSError as e:
         raise errors.WorkdirError(f"cannot create --workdir {workdir}: {e.strerror}") from e
     if manager is None:

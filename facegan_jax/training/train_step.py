@@ -45,7 +45,6 @@ Regularisers, each a config field (off by default, so the seed recipes are uncha
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from typing import Any
 
@@ -131,7 +130,7 @@ def make_guidance(config: Any) -> Callable[..., jax.Array] | None:
     compiled step). It must not be the classifier that judges the run: a generator
     can learn to fool the classifier it trained against without drawing the attribute.
     """
-    folder = os.path.expanduser(config.loss.get("guide_classifier") or "")
+    folder = config.loss.get("guide_classifier") or ""
     weight = float(config.loss.get("guide_weight", 0.0))
     if not folder or weight == 0:
         return None

@@ -130,9 +130,14 @@ def test_sigterm_checkpoints_within_two_steps_and_progress_counts_completed_step
     config = _config(
         tfds_dir, 40, log_every_steps=6, sample_every_steps=100, checkpoint_every_steps=100
     )
-    state = train.train_and_evaluate(config, str(tmp_path))
+    exits: list[bool] = []
+    monkeypatch.setattr(train, "_exit_now", lambda: exits.append(True))
+    state = train.train_and_evaluate(config, str(tmp_path), exit_on_stop=True)
 
     assert signalled, "the run ended before the signal"
+    # The command line's process ends right after the checkpoint; no report in the grace period.
+    assert exits == [True]
+    assert not (tmp_path / "report" / "index.html").exists()
     done_at_signal = max(s for s, t in finished.items() if t <= signalled[0])
     stopped = int(state.step)
     assert done_at_signal + 1 <= stopped <= done_at_signal + 2, (done_at_signal, stopped)

@@ -82,7 +82,7 @@ def _main(argv: list[str]) -> None:
 
     # train_and_evaluate validates the config before it logs (the JAX process and
     # devices first) or writes anything, so a mistake prints one line and nothing else.
-    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    train.train_and_evaluate(FLAGS.config, FLAGS.workdir, exit_on_stop=True)
 
 
 class _DropLibraryInfo:

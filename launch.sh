@@ -68,8 +68,8 @@ setup() {
   local extras="test"
   case "$ACCEL" in
     cpu) ;;                       # jax (CPU) comes with the base install
-    gpu) extras="test,gpu" ;;     # jax[cuda12]
-    tpu) extras="test,tpu" ;;     # jax[tpu]
+    gpu) extras="test,gpu,gcs" ;;     # jax[cuda12], google-cloud-storage (gs:// workdirs)
+    tpu) extras="test,tpu,gcs" ;;     # jax[tpu], google-cloud-storage
     *) echo "[launch] FACEGAN_ACCEL=$ACCEL: use cpu, gpu or tpu" >&2; exit 2 ;;
   esac
   # Re-install only when the package metadata changed (keeps repeated runs fast).
@@ -144,7 +144,7 @@ case "$cmd" in
     [ $# -ge 4 ] || usage "tpu TPU_NAME ZONE CONFIG WORKDIR"
     name=$1 zone=$2 config=$3 workdir=$4; shift 4
     # Every worker needs the same checkout at the same path (e.g. cloned there) and a workdir
-    # all workers can write (e.g. gs://bucket/run). Each worker sets itself up (jax[tpu]);
+    # all workers can write (gs://bucket/run, README). Each worker sets itself up (jax[tpu]);
     # --distributed lets jax.distributed.initialize() find the coordinator and worker ids.
     remote="cd $(quote "$(pwd)") && FACEGAN_ACCEL=tpu bash launch.sh setup && $(quote \
       "$VENV/bin/python" -m facegan_jax.main --config="$config" --workdir="$workdir" \

@@ -22,6 +22,8 @@ from typing import Any
 from absl import app, flags
 from ml_collections import config_flags
 
+from facegan_jax.cli import spelling
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Run config file (like main's).")
 _SPLIT = flags.DEFINE_string("split", None, "Dataset split (default: config.data.eval_split).")
 _OUT = flags.DEFINE_string("out", None, "Output .npz (default: in the facegan_jax cache dir).")
@@ -111,4 +113,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=spelling.absl_flags_parser(flags.FLAGS))

@@ -22,6 +22,7 @@ import sys
 import tensorflow_datasets as tfds
 
 from facegan_jax import runtime
+from facegan_jax.cli import spelling
 from facegan_jax.data import celeba_local
 
 
@@ -41,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--manual_dir", required=True, help="folder with the downloaded files")
     parser.add_argument("--data_dir", default=None, help="TFDS data_dir (default: TFDS's)")
     parser.add_argument("--no_progress", action="store_true", help="hide the progress bars")
-    args = parser.parse_args(argv)
+    args = spelling.parse_args(parser, argv)
     runtime.setup()
     if args.no_progress:
         tfds.disable_progress_bar()  # TFDS's own bars and banner; this process only builds

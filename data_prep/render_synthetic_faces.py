@@ -18,6 +18,7 @@ import sys
 from collections.abc import Sequence
 
 from facegan_jax import runtime
+from facegan_jax.cli import spelling
 from facegan_jax.data import face_renderer
 from facegan_jax.generation import sampling
 
@@ -42,7 +43,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--cols", type=int, default=None, help="grid columns (default: square)")
     parser.add_argument("--seed", type=int, default=0, help="dataset seed")
     parser.add_argument("--start", type=int, default=0, help="index of the first face")
-    args = parser.parse_args(argv)
+    args = spelling.parse_args(parser, argv)
     for flag in ("num", "cols"):
         value = getattr(args, flag)
         if value is not None and value < 1:

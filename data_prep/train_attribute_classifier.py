@@ -33,6 +33,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
 
+from facegan_jax.cli import spelling
+
 KNOWN_DATA = ("synthetic_faces", "celeba_local")
 LOAD_BATCH = 250
 
@@ -257,7 +259,7 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--synthetic_num_train", type=int, default=None)
     parser.add_argument("--synthetic_num_eval", type=int, default=None)
     parser.add_argument("--out", required=True, help="folder to save the classifier into")
-    return parser.parse_args(argv)
+    return spelling.parse_args(parser, argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

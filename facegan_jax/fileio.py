@@ -37,6 +37,19 @@ def is_url(path: PathLike) -> bool:
     return "://" in os.fspath(path)
 
 
+def check_storage_client(path: PathLike, what: str = "--workdir") -> None:
+    """Raises ValueError (naming `what` and the fix) when `path` is on a bucket whose client
+    is not installed (Orbax lists `gs://` checkpoints with google-cloud-storage)."""
+    import importlib.util
+
+    path = os.fspath(path)
+    if path.startswith("gs://") and importlib.util.find_spec("google.cloud.storage") is None:
+        raise ValueError(
+            f"{what} {path} is on Cloud Storage, which needs its client: "
+            "pip install 'facegan_jax[gcs]' (or google-cloud-storage)"
+        )
+
+
 def resolve(path: PathLike) -> str:
     """An absolute local path (`~` expanded), or a URL unchanged."""
     path = os.fspath(path)

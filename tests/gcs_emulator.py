@@ -28,13 +28,14 @@ tunnels only `*.googleapis.com` and only ever dials the emulator's loopback
 port, and refuses everything else (403), including plain-HTTP proxy requests,
 so a client that would reach for a metadata server or another host through
 the proxy variables is answered locally. Credential discovery is switched off
-(`NO_GCE_CHECK`, an empty `CLOUDSDK_CONFIG`, no `GOOGLE_APPLICATION_CREDENTIALS`),
-so no real credentials can send a request to real GCS.
+(`NO_GCE_CHECK`, `CLOUDSDK_CONFIG` in a folder that does not exist, no
+`GOOGLE_APPLICATION_CREDENTIALS`), so no real credentials can send a request
+to real GCS.
 
 Usage:
 
     with GcsEmulator() as gcs:
-        subprocess.run(cmd, env={**os.environ, **gcs.env()})
+        subprocess.run(cmd, env=gcs.subprocess_env())
         names = gcs.list_objects("run/")
 """
 

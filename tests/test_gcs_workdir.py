@@ -32,7 +32,6 @@ import pytest
 
 for _module, _dist in (
     ("gcp_storage_emulator", "gcp-storage-emulator"),
-    ("gcsfs", "gcsfs"),
     ("google.cloud.storage", "google-cloud-storage"),
 ):
     pytest.importorskip(_module, reason=f"needs {_dist} (the GCS emulator tests)")
@@ -52,6 +51,7 @@ OVERRIDES = (
     f"--config.checkpoint_every_steps={KILL_AFTER}",
     "--config.log_every_steps=2",
     "--config.sample_every_steps=3",
+    "--config.max_checkpoints_to_keep=2",  # the restarted run deletes the first checkpoint
 )
 
 
@@ -125,13 +125,17 @@ def _train_killed_and_resumed(
 
     restarted = _run(args, env)
     assert f"Resumed from checkpoint step {KILL_AFTER}" in restarted.stderr
-    assert committed_steps() == [KILL_AFTER, 4, TOTAL_STEPS]
+    assert committed_steps() == [4, TOTAL_STEPS]
     return restarted.stderr
 
 
 @pytest.fixture(scope="module")
 def runs(gcs, shared_compilation_cache, tmp_path_factory) -> dict[str, Path]:
-    """Both runs trained, killed, resumed and sampled; {'gs' | 'local': folder of sample PNGs}."""
+    """Both runs trained, killed, resumed and sampled.
+
+    Returns:
+      {'gs' | 'local': folder of the sampled PNGs, 'local_workdir': the local run's workdir}.
+    """
     tmp = tmp_path_factory.mktemp("gcs_workdir")
     tfds = tmp / "tfds"
     gs_env = _environment(shared_compilation_cache, gcs.subprocess_env())
@@ -207,6 +211,8 @@ def test_the_gs_workdir_holds_every_output_of_the_run(runs, gcs):
             data = gcs.read_object(prefix + file)
             assert [len(data), hashlib.sha256(data).hexdigest()] == [size, digest], file
     assert not any(".orbax-checkpoint-tmp" in name for name in rel)
+    # The first checkpoint was deleted (max_to_keep), every object of it.
+    assert not any(name.startswith(f"checkpoints/{KILL_AFTER}") for name in rel), sorted(rel)
 
 
 def test_the_report_command_rewrites_the_report_of_a_gs_workdir(
@@ -221,3 +227,20 @@ def test_the_report_command_rewrites_the_report_of_a_gs_workdir(
     assert f"index: gs://{gcs.bucket}/{GS_RUN}/report/index.html" in done.stdout
     assert all(gcs.exists(name) for name in report)
     assert b"<html" in gcs.read_object(report[0]).lower()
+
+
+def test_a_bucket_without_its_client_is_one_line_naming_the_install(monkeypatch):
+    import importlib.util
+
+    from facegan_jax import errors
+    from facegan_jax.training import train
+    from tests.helpers import tiny_config
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "google.cloud.storage" else real(name, *a),
+    )
+    with pytest.raises(errors.WorkdirError, match=r"gs://b/run .*pip install 'facegan_jax\[gcs\]'"):
+        train.check_workdir(tiny_config(), "gs://b/run")

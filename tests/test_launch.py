@@ -2,9 +2,9 @@
 
 `--dry-run` prints the commands a mode would run, one per line, and runs nothing. With a
 missing virtualenv that includes the set-up (venv, pip with the mode's extras: cpu `test`,
-gpu `test,gpu` = jax[cuda12], tpu `test,tpu` = jax[tpu]); with an up-to-date one, only the
-launch. Fake `srun` / `gcloud` / venv python executables check that each SLURM task and each
-TPU worker receive exactly the intended arguments.
+gpu `test,gpu,gcs` = jax[cuda12], tpu `test,tpu,gcs` = jax[tpu]; gcs = google-cloud-storage);
+with an up-to-date one, only the launch. Fake `srun` / `gcloud` / venv python executables
+check that each SLURM task and each TPU worker receive exactly the intended arguments.
 """
 
 from __future__ import annotations
@@ -110,13 +110,13 @@ def test_dry_run_train_local_cpu(new_venv):
 def test_dry_run_gpu_host_installs_cuda_jax(new_venv):
     lines = _dry_run("gpu", "configs/dcgan64.py", "runs/x", VENV=str(new_venv))
     assert lines == [
-        *_setup_lines(new_venv, "test,gpu"),
+        *_setup_lines(new_venv, "test,gpu,gcs"),
         f"{new_venv}/bin/python {MAIN} --config=configs/dcgan64.py --workdir=runs/x",
     ]
 
 
 def test_dry_run_setup_per_accelerator(new_venv):
-    for accel, extras in (("cpu", "test"), ("gpu", "test,gpu"), ("tpu", "test,tpu")):
+    for accel, extras in (("cpu", "test"), ("gpu", "test,gpu,gcs"), ("tpu", "test,tpu,gcs")):
         lines = _dry_run("setup", VENV=str(new_venv), FACEGAN_ACCEL=accel)
         assert lines == _setup_lines(new_venv, extras), accel
 
@@ -156,7 +156,7 @@ def test_dry_run_slurm_one_process_per_node(new_venv):
     )
     # Port: JAX's rule, 4242 % 4096 + 61440.
     assert lines == [
-        *_setup_lines(new_venv, "test,gpu"),
+        *_setup_lines(new_venv, "test,gpu,gcs"),
         "srun --nodes=4 --ntasks=4 --ntasks-per-node=1 bash -c "
         f"'exec {new_venv}/bin/python {MAIN} --config=configs/dcgan64.py "
         "--workdir=/shared/runs/x --coordinator_address=gpu017:61586 "

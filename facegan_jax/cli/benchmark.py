@@ -32,6 +32,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from facegan_jax import runtime
+from facegan_jax.cli import spelling
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", "configs/dcgan64.py", "Config file.", lock_config=True)
@@ -366,7 +367,7 @@ def main(argv: list[str]) -> None:
 
 def run() -> None:
     """Console-script entry point."""
-    app.run(main)
+    app.run(main, flags_parser=spelling.absl_flags_parser(FLAGS))
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ import json
 import sys
 
 from facegan_jax import fileio, runtime
+from facegan_jax.cli import spelling
 from facegan_jax.data.celeba_attributes import attribute_index
 
 
@@ -33,7 +34,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--step", type=int, default=None, help="checkpoint step (default latest)")
     parser.add_argument("--json", default=None, help="also write the metrics here")
-    args = parser.parse_args(argv)
+    args = spelling.parse_args(parser, argv)
     for name in ("num_samples", "n_per_side", "batch_size"):
         if getattr(args, name) < 2:
             parser.error(f"--{name.replace('_', '-')} must be >= 2")

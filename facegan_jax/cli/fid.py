@@ -23,6 +23,7 @@ from typing import Any
 
 from facegan_jax import errors, fileio, runtime
 from facegan_jax import workdir as workdir_lib
+from facegan_jax.cli import spelling
 from facegan_jax.metrics import evaluation, fid, inception_weights
 
 PROG = "fid"
@@ -42,7 +43,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--num-samples", type=int, default=None, help="images per source")
     parser.add_argument("--kid", action="store_true", help="also print KID")
     parser.add_argument("--save-stats", action="store_true", help="write SRC's statistics to OUT")
-    args = parser.parse_args(argv)
+    args = spelling.parse_args(parser, argv)
     if args.batch_size < 1:
         parser.error(f"--batch-size={args.batch_size} must be >= 1")
     if args.num_samples is not None and args.num_samples < 2:

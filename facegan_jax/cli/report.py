@@ -26,6 +26,7 @@ import sys
 
 from facegan_jax import errors, runtime
 from facegan_jax import workdir as workdir_lib
+from facegan_jax.cli import spelling
 
 PROG = "report"
 
@@ -66,7 +67,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     mem.add_argument("--weights", default=None, help="pt_inception-2015-12-05-6726825d.pth")
     mem.add_argument("--batch-size", type=int, default=64)
     mem.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
-    args = parser.parse_args(argv)
+    args = spelling.parse_args(parser, argv)
     for name in ("num", "batch_size"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')}={getattr(args, name)} must be >= 1")

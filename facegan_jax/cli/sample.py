@@ -45,6 +45,7 @@ import numpy as np
 
 from facegan_jax import fileio, runtime
 from facegan_jax import workdir as workdir_lib
+from facegan_jax.cli import spelling
 from facegan_jax.data.celeba_attributes import CELEBA_ATTRIBUTES
 from facegan_jax.generation import editing, sampling
 from facegan_jax.training import components
@@ -190,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     """Parses the command line, writes the requested files; returns the exit code."""
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else argv
-    args = parser.parse_args(_join_signed_values(argv))
+    args = spelling.parse_args(parser, _join_signed_values(argv))
     _check_args(parser, args)
     try:
         _run(args)

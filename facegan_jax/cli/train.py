@@ -28,6 +28,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from facegan_jax import distributed, errors, runtime
+from facegan_jax.cli import spelling
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -147,7 +148,7 @@ def parse_flags(argv: list[str]) -> list[str]:
     or OSError (a config file that cannot be loaded, raised on first access).
     """
     try:
-        rest = FLAGS(argv)
+        rest = FLAGS(spelling.absl_argv(argv, FLAGS))
         FLAGS.config.get("seed")  # ml_collections defers config-file load errors to here
     except Exception as e:  # anything raised while parsing is about the command line
         error = errors.flag_error(e, argv, flag_type=_flag_type)

@@ -33,6 +33,7 @@ from scipy import optimize
 from facegan_jax import fileio
 from facegan_jax.data.celeba_attributes import CELEBA_ATTRIBUTES, NUM_ATTRIBUTES
 from facegan_jax.generation import sampling
+from facegan_jax.metrics.attributes import as_rgb
 
 Render = Callable[[np.ndarray, np.ndarray | None], np.ndarray]
 
@@ -318,16 +319,10 @@ def label_samples(
     out = []
     for start in range(0, len(z), chunk):
         images = np.asarray(render(z[start : start + chunk], None))
-        out.append(np.asarray(classifier.probabilities(rgb(images)), np.float32))
+        out.append(np.asarray(classifier.probabilities(as_rgb(images)), np.float32))
         if progress is not None:
             progress(min(start + chunk, len(z)), len(z))
     return np.concatenate(out)
-
-
-def rgb(images: np.ndarray) -> np.ndarray:
-    """Greyscale images [N, H, W, 1] as RGB (the classifier reads 3 channels); RGB unchanged."""
-    images = np.asarray(images, np.float32)
-    return np.repeat(images, 3, axis=-1) if images.shape[-1] == 1 else images
 
 
 # ----------------------------------------------------------------------------- walks
@@ -353,7 +348,7 @@ def attribute_probabilities(classifier: Any, images: Any, index: int) -> np.ndar
     """The classifier's probability of attribute `index` for images [N, S, H, W, C] -> [N, S]."""
     images = np.asarray(images, np.float32)
     n, s = images.shape[:2]
-    flat = rgb(images.reshape(n * s, *images.shape[2:]))
+    flat = as_rgb(images.reshape(n * s, *images.shape[2:]))
     return np.asarray(classifier.probabilities(flat))[:, index].reshape(n, s)
 
 

@@ -309,6 +309,13 @@ class Classifier:
         return folder
 
 
+def as_rgb(images: Any) -> np.ndarray:
+    """Greyscale images [N, H, W, 1] as RGB by repetition (the classifier reads 3 channels);
+    RGB unchanged. float32 numpy."""
+    images = np.asarray(images, np.float32)
+    return np.repeat(images, 3, axis=-1) if images.shape[-1] == 1 else images
+
+
 def _as_images(images: Any) -> np.ndarray:
     """Checks a batch of images [B, H, W, 3] in [-1, 1] (floats) and returns it as numpy."""
     images = np.asarray(images)

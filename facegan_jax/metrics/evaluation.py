@@ -30,6 +30,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from facegan_jax import fileio
 from facegan_jax import workdir as workdir_lib
 from facegan_jax.metrics import fid, inception_weights
+from facegan_jax.metrics.attributes import as_rgb
 
 PyTree = Any
 
@@ -329,7 +330,7 @@ def real_attribute_reference(
     def images() -> Any:
         for b in dataset.as_numpy_iterator():
             labels.append(np.asarray(b["attributes"], np.float32))
-            yield _rgb(b["image"])
+            yield as_rgb(b["image"])
 
     feats = attributes.collect_features(classifier, images(), num_samples)
     labels_all = np.concatenate(labels)[: len(feats)] if labels else np.zeros((0, 40), np.float32)
@@ -344,12 +345,6 @@ def _fingerprint(classifier: Any) -> str:
     digest = hashlib.sha256(np.asarray(classifier.threshold_logits, np.float64).tobytes())
     digest.update(str(classifier.steps).encode())
     return digest.hexdigest()[:12]
-
-
-def _rgb(images: Any) -> np.ndarray:
-    """Greyscale [B, H, W, 1] -> RGB by repetition; RGB unchanged (the classifier takes RGB)."""
-    images = np.asarray(images, np.float32)
-    return np.repeat(images, 3, axis=-1) if images.shape[-1] == 1 else images
 
 
 def attribute_metrics(
@@ -397,7 +392,7 @@ def attribute_metrics(
     feats = attributes.collect_features(
         classifier,
         (
-            _rgb(gen(gen_variables, np.arange(s, min(s + batch_size, num_samples))))
+            as_rgb(gen(gen_variables, np.arange(s, min(s + batch_size, num_samples))))
             for s in range(0, num_samples, batch_size)
         ),
     )
@@ -412,7 +407,7 @@ def attribute_metrics(
     if pool is not None:
         control = attributes.attribute_control(
             classifier,
-            lambda idx, vec: _rgb(gen(gen_variables, idx, vec)),
+            lambda idx, vec: as_rgb(gen(gen_variables, idx, vec)),
             pool,
             n_per_side,
             seed=seed,

@@ -42,6 +42,7 @@ from absl import logging
 from facegan_jax import fileio
 from facegan_jax import workdir as workdir_lib
 from facegan_jax.metrics import memorization as mem
+from facegan_jax.metrics.attributes import as_rgb
 
 CURVES_FILE = "curves.png"
 PROGRESS_FILE = "progress.gif"
@@ -460,11 +461,6 @@ class FeatureSpace:
     fn: FeatureFn
 
 
-def _rgb(images: np.ndarray) -> np.ndarray:
-    images = np.asarray(images, np.float32)
-    return np.repeat(images, 3, axis=-1) if images.shape[-1] == 1 else images
-
-
 def feature_space(
     kind: str = "auto",
     weights: str | None = None,
@@ -520,7 +516,7 @@ def feature_space(
     if why:
         desc += "; Inception weights unavailable"
         logging.info("memorisation: Inception weights unavailable (%s); using %s", why, classifier)
-    return FeatureSpace("classifier", desc, lambda images: clf.features(_rgb(images)))
+    return FeatureSpace("classifier", desc, lambda images: clf.features(as_rgb(images)))
 
 
 def _dataset_batches(config: Any, split: str, batch_size: int) -> Any:

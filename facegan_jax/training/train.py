@@ -378,6 +378,10 @@ def check_workdir(config: Any, workdir: str) -> None:
     """
     if not os.fspath(workdir).strip():  # abspath('') would be the current directory
         raise errors.WorkdirError("--workdir is empty; name the directory of the run")
+    try:
+        fileio.check_storage_client(workdir)
+    except ValueError as e:
+        raise errors.WorkdirError(str(e)) from None
     workdir = fileio.resolve(workdir)
     if fileio.isfile(workdir):
         raise errors.WorkdirError(f"--workdir {workdir} is a file, not a directory")

@@ -43,4 +43,7 @@ def test_argparse_and_absl_commands_accept_both_spellings():
     flags.DEFINE_integer("num_samples", 0, "", flag_values=values)
     flags.DEFINE_bool("no_progress", False, "", flag_values=values)
     spelling.absl_flags_parser(values)(["prog", "--num-samples=5", "--no-progress"])
+    flags.DEFINE_bool("verbose", True, "", flag_values=values)
+    spelling.absl_flags_parser(values)(["prog", "--no-verbose"])
+    assert not values.verbose
     assert values.num_samples == 5 and values.no_progress

@@ -32,10 +32,11 @@ def normalize(argv: Sequence[str], known: Iterable[str]) -> list[str]:
             continue
         name, eq, value = arg.partition("=")
         if name not in known and "." not in name:
-            for other in (
-                name[:2] + name[2:].replace("-", "_"),
-                name[:2] + name[2:].replace("_", "-"),
-            ):
+            body = name[2:]
+            candidates = [body.replace("-", "_"), body.replace("_", "-")]
+            if body.startswith(("no-", "no_")):  # absl's negated booleans: --noverbose
+                candidates.append("no" + body[3:].replace("-", "_"))
+            for other in (f"--{c}" for c in candidates):
                 if other in known:
                     name = other
                     break

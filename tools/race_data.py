@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from facegan_jax.data import celeba_local
+from facegan_jax.data.input_pipeline import CELEBA_178_BOX
 from facegan_jax.errors import RaceError
 
 # The harness runs from a checkout (it is not installed): its defaults are the checkout's
@@ -32,7 +34,9 @@ DEFAULT_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "facegan_jax", "
 IMAGE_SIZE = 64
 
 
-CROP_BOX = (0, 20, 178, 198)
+# PIL's (left, upper, right, lower) of the library's CELEBA_178_BOX (top, left, height, width).
+_TOP, _LEFT, _H, _W = CELEBA_178_BOX
+CROP_BOX = (_LEFT, _TOP, _LEFT + _W, _TOP + _H)  # (0, 20, 178, 198)
 
 
 SPLITS = {"train": 0, "validation": 1}  # list_eval_partition.txt codes
@@ -42,14 +46,10 @@ ZIP_FOLDER = "img_align_celeba/"
 
 
 def read_partition(path: str | os.PathLike) -> dict[str, int]:
-    """`list_eval_partition.txt` -> {'000001.jpg': 0, ...}."""
-    out = {}
-    with open(path) as f:
-        for line in f:
-            parts = line.split()
-            if len(parts) == 2:
-                out[parts[0]] = int(parts[1])
-    return out
+    """`list_eval_partition.txt` -> {'000001.jpg': 0, ...} (the library's parser)."""
+    split_ids, _ = celeba_local.read_partition_file(Path(path))
+    code = {name: c for c, name in celeba_local.PARTITION_TO_SPLIT.items()}
+    return {image_id: code[name] for name, ids in split_ids.items() for image_id in ids}
 
 
 def split_members(zip_names: Sequence[str], partition: dict[str, int], split: str) -> list[str]:

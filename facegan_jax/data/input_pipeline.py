@@ -49,6 +49,10 @@ RESIZE_METHODS = ("bilinear", "bicubic")  # config.data.resize; both antialiased
 _MAX_EPOCHS = 2**40
 PREPARE_COMMAND = "python -m data_prep.prepare_celeba --manual_dir DIR --data_dir DATA_DIR"
 
+# The face square of aligned CelebA (218x178): rows 20..197, full width, as (top, left,
+# height, width) (`config.data.crop='celeba_178'`; tools.race_data crops the same square).
+CELEBA_178_BOX = (20, 0, 178, 178)
+
 
 def _is_prepared(builder: tfds.core.DatasetBuilder) -> bool:
     # Checking the file first avoids TFDS's absl warning about a missing variant folder.
@@ -142,8 +146,7 @@ def crop_window(
         # are framed faces already, so recipes keep their CelebA crop and stay runnable.
         return None
     if crop == "celeba_178":
-        # The face square of aligned CelebA (218x178): rows 20..197, full width.
-        box = (20, 0, 178, 178)
+        box = CELEBA_178_BOX
     elif crop == "center_160":
         box = ((height - 160) // 2, (width - 160) // 2, 160, 160)
     elif crop == "box":

@@ -293,7 +293,7 @@ def write_progress_gif(
 
     More than `max_frames` grids are thinned evenly (first and last kept); grids
     larger than `max_side` pixels are shrunk, and all frames take the first
-    grid's size. Written with imageio (Pillow when imageio is absent) through
+    grid's size. Written with imageio through
     `sampling.save_animation`. None when there are no grids.
     """
     if not grids:

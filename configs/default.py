@@ -110,11 +110,10 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
             dict(
                 name="adam",  # 'adam' or 'rmsprop'
                 learning_rate=lr,
-                b1=0.5,
-                b2=0.999,
-                # RMSprop decay and epsilon (Keras defaults).
-                decay=0.9,
-                eps=1e-8,
+                b1=0.5,  # Adam only
+                b2=0.999,  # Adam only
+                decay=0.9,  # RMSprop only (Keras' rho)
+                eps=1e-8,  # both (Adam's default; RMSprop recipes set Keras' 1e-7)
                 # Clip each gradient element to [-clip_value, clip_value]; 0 disables.
                 clip_value=0.0,
             )

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import pytest
 from absl import flags
 
+from configs import default
 from facegan_jax.models import build_models
 from facegan_jax.training import train
 from tests.conftest import REPO_ROOT
@@ -151,3 +152,16 @@ def test_an_older_workdir_config_drops_unread_fields_and_fills_new_ones(tmp_path
     assert loaded.model.projection is False
     assert loaded.data.resize == "bilinear"  # what runs before the field resized with
     build_models(loaded)  # builds
+
+
+def test_an_optimizer_field_the_chosen_optimizer_ignores_is_refused_by_name():
+    from facegan_jax.training import components
+
+    config = default.get_config()
+    config.g_optimizer.decay = 0.5  # RMSprop's rho, under Adam
+    with pytest.raises(ValueError, match=r"g_optimizer\.decay=0\.5 has no effect .*'adam'"):
+        components.create_optimizer(config.g_optimizer, "config.g_optimizer")
+    config.d_optimizer.name = "rmsprop"
+    config.d_optimizer.b1 = 0.0
+    with pytest.raises(ValueError, match=r"d_optimizer\.b1=0\.0 has no effect .*'rmsprop'"):
+        components.create_optimizer(config.d_optimizer, "config.d_optimizer")

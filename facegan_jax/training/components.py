@@ -36,19 +36,36 @@ from facegan_jax.training import train_step as train_step_lib
 SAMPLE_SEED = 0
 
 
+# Fields one optimizer reads and the other ignores, with the defaults of configs/default.py.
+_ADAM_ONLY = {"b1": 0.5, "b2": 0.999}
+_RMSPROP_ONLY = {"decay": 0.9}
+
+
 def create_optimizer(opt_config: Any, field: str) -> optax.GradientTransformation:
     """Builds the optax optimizer described by `config.g_optimizer` / `config.d_optimizer`.
 
+    `eps` is read by both; `b1`, `b2` by Adam only and `decay` by RMSprop only: a
+    config that moves a field the chosen optimizer ignores is refused, naming it.
+
     Raises:
-      ValueError: naming `field` if the optimizer is unknown.
+      ValueError: naming `field` if the optimizer is unknown or a field it ignores is set.
     """
+    unread = {"adam": _RMSPROP_ONLY, "rmsprop": _ADAM_ONLY}.get(opt_config.name)
+    if unread is None:
+        raise ValueError(f"{field}.name={opt_config.name!r} is not known; use 'adam' or 'rmsprop'")
+    for key, default in unread.items():
+        if key in opt_config and opt_config[key] != default:
+            raise ValueError(
+                f"{field}.{key}={opt_config[key]!r} has no effect with {field}.name="
+                f"{opt_config.name!r}; remove it or choose the optimizer that reads it"
+            )
     if opt_config.name == "adam":
-        tx = optax.adam(opt_config.learning_rate, b1=opt_config.b1, b2=opt_config.b2)
-    elif opt_config.name == "rmsprop":
+        tx = optax.adam(
+            opt_config.learning_rate, b1=opt_config.b1, b2=opt_config.b2, eps=opt_config.eps
+        )
+    else:
         # Keras RMSprop: eps outside the square root, rho = `decay`.
         tx = optax.rmsprop(opt_config.learning_rate, decay=opt_config.decay, eps=opt_config.eps)
-    else:
-        raise ValueError(f"{field}.name={opt_config.name!r} is not known; use 'adam' or 'rmsprop'")
     if opt_config.clip_value:
         tx = optax.chain(optax.clip(opt_config.clip_value), tx)
     return tx

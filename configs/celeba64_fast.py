@@ -68,7 +68,7 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     config.model.d_dim = 32
 
     config.loss.name = "non_saturating"
-    config.loss.r1_gamma = 0.0  # R1 off (turn on with r1_gamma > 0; r1_every defaults to 16)
+    config.loss.r1_gamma = 0.0  # R1 off (on: r1_gamma > 0, lazily with e.g. r1_every=16)
     for opt in (config.g_optimizer, config.d_optimizer):
         opt.learning_rate = 2e-4
         opt.b1 = 0.5

@@ -5,8 +5,8 @@ This module owns the test double of GCS: it starts `gcp-storage-emulator`
 patches the emulator where the clients the project uses need real-GCS
 behaviour, runs a TLS-terminating CONNECT proxy for TensorFlow's GCS
 filesystem, says which environment variables point a *subprocess* at all of
-it (`GcsEmulator.env`), lists and reads objects over the emulator's JSON API,
-and stops it all. Nothing here is part of the package.
+it (`GcsEmulator.env`), lists, reads, writes, copies and deletes objects over
+the emulator's JSON API, and stops it all. Nothing here is part of the package.
 
 How each storage client of the project reaches the emulator:
 
@@ -37,6 +37,7 @@ Usage:
     with GcsEmulator() as gcs:
         subprocess.run(cmd, env=gcs.subprocess_env())
         names = gcs.list_objects("run/")
+        gcs.write_object("run/x.bin", b"...")  # a test's own damage or input
 """
 
 from __future__ import annotations
@@ -206,6 +207,27 @@ class GcsEmulator:
             f"{self.url}/storage/v1/b/{self.bucket}/o/{quoted}?alt=media", timeout=30
         ) as response:
             return response.read()
+
+    def write_object(self, name: str, data: bytes) -> None:
+        """Writes `data` as object `name` (no `gs://bucket/`), replacing any object of that name."""
+        query = urllib.parse.urlencode({"uploadType": "media", "name": name})
+        request = urllib.request.Request(
+            f"{self.url}/upload/storage/v1/b/{self.bucket}/o?{query}",
+            data=data,
+            method="POST",
+            headers={"Content-Type": "application/octet-stream"},
+        )
+        with _OPENER.open(request, timeout=30):
+            pass
+
+    def copy_prefix(self, src: str, dst: str) -> list[str]:
+        """Copies every object under prefix `src` to the same name under `dst`; their new names."""
+        copied = []
+        for name in self.list_objects(src):
+            new = dst + name[len(src) :]
+            self.write_object(new, self.read_object(name))
+            copied.append(new)
+        return copied
 
     def exists(self, name: str) -> bool:
         """Whether object `name` (no `gs://bucket/`) exists."""

@@ -22,7 +22,7 @@ import re
 import sys
 import traceback
 from collections.abc import Callable, Sequence
-from typing import TextIO
+from typing import Any, TextIO
 
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
@@ -89,22 +89,39 @@ def report(exc: BaseException, *, verbose: bool = False, stream: TextIO | None =
     return getattr(exc, "exit_code", EXIT_FAILURE)
 
 
-def run_command(prog: str, command: Callable[[], None]) -> int:
+def run_command(prog: str, command: Callable[[], int | None], *, verbose: bool = False) -> int:
     """Runs a command's body; a user mistake or run fault becomes `prog: error: <one line>`.
+
+    The one error reporter of the argparse commands (sample, fid, evaluate, report, the
+    data_prep tools); `--verbose` (`add_verbose_flag`) prints the traceback first.
 
     Args:
       prog: the command's name for the message (`fid`, `report`, ...).
-      command: the body; raises ValueError/OSError/FaceganError on bad input.
+      command: the body; raises ValueError/OSError/FaceganError on bad input; may return
+        its own exit code.
+      verbose: print the traceback before the line.
 
     Returns:
-      0, or the error's exit code (`EXIT_USAGE` unless the error carries its own).
+      The body's code (0 when it returns None), or the error's exit code (`EXIT_USAGE`
+      unless the error carries its own).
     """
     try:
-        command()
+        code = command()
     except (ValueError, OSError, FaceganError) as e:
-        print(f"{prog}: error: {one_line(e)}", file=sys.stderr)
+        if verbose:
+            traceback.print_exception(e, file=sys.stderr)
+        print(f"{prog}: error: {one_line(e) or type(e).__name__}", file=sys.stderr, flush=True)
         return getattr(e, "exit_code", EXIT_USAGE)
-    return 0
+    return 0 if code is None else int(code)
+
+
+def add_verbose_flag(parser: Any) -> None:
+    """`--verbose` on an argparse parser: print the traceback of an error, not only its line."""
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="print the traceback of an error (default: one line, `PROG: error: ...`)",
+    )
 
 
 def wants_verbose(argv: Sequence[str]) -> bool:

@@ -117,7 +117,7 @@ def test_seed_ranges_truncation_and_interpolation_walk(dc_workdir, tmp_path, cap
 def test_bad_input_is_one_line_and_exit_2(dc_workdir, tmp_path, capsys, args, message):
     rc, _, err = _run(capsys, "--workdir", dc_workdir, *args, "--out-dir", tmp_path / "o")
     assert rc == 2
-    assert err.startswith("error: ") and err.count("\n") == 1 and message in err
+    assert err.startswith("sample: error: ") and err.count("\n") == 1 and message in err
     assert "Traceback" not in err and not (tmp_path / "o").exists()
 
 

@@ -18,7 +18,7 @@ import argparse
 import json
 import sys
 
-from facegan_jax import fileio, runtime
+from facegan_jax import errors, fileio, runtime
 from facegan_jax.cli import spelling
 from facegan_jax.data.celeba_attributes import attribute_index
 
@@ -34,6 +34,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--step", type=int, default=None, help="checkpoint step (default latest)")
     parser.add_argument("--json", default=None, help="also write the metrics here")
+    errors.add_verbose_flag(parser)
     args = spelling.parse_args(parser, argv)
     for name in ("num_samples", "n_per_side", "batch_size"):
         if getattr(args, name) < 2:
@@ -45,20 +46,20 @@ def main(argv: list[str] | None = None) -> int:
     """Runs the command; returns the exit status (0 ok, 2 bad input)."""
     args = _parse(argv)
     runtime.setup()
+    return errors.run_command("evaluate", lambda: _run(args), verbose=args.verbose)
+
+
+def _run(args: argparse.Namespace) -> None:
     from facegan_jax.metrics import attributes, evaluation
     from facegan_jax.training import components
 
-    try:
-        classifier = attributes.load(args.classifier)
-        generate, variables, config = components.load_generator(args.workdir, step=args.step)
-        generate = generate.as_batched()  # metrics: the fast batched path
-        pool = components.load_attribute_pool(args.workdir) if config.model.num_attributes else None
-        real, real_labels = evaluation.real_attribute_reference(
-            config, classifier, args.num_samples, args.workdir
-        )
-    except (ValueError, FileNotFoundError, OSError) as e:
-        print(f"evaluate: error: {e}", file=sys.stderr)
-        return 2
+    classifier = attributes.load(args.classifier)
+    generate, variables, config = components.load_generator(args.workdir, step=args.step)
+    generate = generate.as_batched()  # metrics: the fast batched path
+    pool = components.load_attribute_pool(args.workdir) if config.model.num_attributes else None
+    real, real_labels = evaluation.real_attribute_reference(
+        config, classifier, args.num_samples, args.workdir
+    )
     result = evaluation.attribute_metrics(
         generate.jitted,
         variables,
@@ -96,7 +97,6 @@ def main(argv: list[str] | None = None) -> int:
         )
     if args.json:
         fileio.write_text(args.json, json.dumps(result, indent=2, default=float) + "\n")
-    return 0
 
 
 if __name__ == "__main__":

@@ -43,6 +43,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--num-samples", type=int, default=None, help="images per source")
     parser.add_argument("--kid", action="store_true", help="also print KID")
     parser.add_argument("--save-stats", action="store_true", help="write SRC's statistics to OUT")
+    errors.add_verbose_flag(parser)
     args = spelling.parse_args(parser, argv)
     if args.batch_size < 1:
         parser.error(f"--batch-size={args.batch_size} must be >= 1")
@@ -172,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     """
     runtime.setup(tensorflow=False)  # the command never touches TensorFlow: don't import it
     args = _parse_args(argv)
-    return errors.run_command(PROG, lambda: run(args))
+    return errors.run_command(PROG, lambda: run(args), verbose=args.verbose)
 
 
 if __name__ == "__main__":

@@ -67,6 +67,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     mem.add_argument("--weights", default=None, help="pt_inception-2015-12-05-6726825d.pth")
     mem.add_argument("--batch-size", type=int, default=64)
     mem.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+    errors.add_verbose_flag(parser)
     args = spelling.parse_args(parser, argv)
     for name in ("num", "batch_size"):
         if getattr(args, name) < 1:
@@ -119,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     """
     args = _parse_args(argv)  # first: --help and flag mistakes need no TensorFlow
     runtime.setup()  # the memorisation check reads the dataset through tf.data
-    return errors.run_command(PROG, lambda: run(args))
+    return errors.run_command(PROG, lambda: run(args), verbose=args.verbose)
 
 
 if __name__ == "__main__":

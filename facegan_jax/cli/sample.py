@@ -43,7 +43,7 @@ from typing import Any
 
 import numpy as np
 
-from facegan_jax import fileio, runtime
+from facegan_jax import errors, fileio, runtime
 from facegan_jax import workdir as workdir_lib
 from facegan_jax.cli import spelling
 from facegan_jax.data.celeba_attributes import CELEBA_ATTRIBUTES
@@ -164,6 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--classifier", help="attribute classifier folder (facegan_jax.metrics.attributes)"
     )
     edit.add_argument("--num", type=int, default=2000, help="samples --fit-directions labels")
+    errors.add_verbose_flag(parser)
     return parser
 
 
@@ -193,12 +194,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = spelling.parse_args(parser, _join_signed_values(argv))
     _check_args(parser, args)
-    try:
-        _run(args)
-    except (ValueError, OSError) as e:  # ClassifierFileError is a ValueError
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    # ClassifierFileError is a ValueError: one line too.
+    return errors.run_command("sample", lambda: _run(args), verbose=args.verbose)
 
 
 def _run(args: argparse.Namespace) -> None:

@@ -62,3 +62,16 @@ def make_workdir(path: Path, config: Any, pool: np.ndarray | None = None) -> str
     if pool is not None:
         fileio.save_npy(workdir_lib.attribute_pool_path(str(path)), pool)
     return str(path)
+
+
+def untrained_classifier(image_size: int = 32, feature_dim: int = 64, seed: int = 0) -> Any:
+    """A random-init attribute classifier (its features still tell images apart)."""
+    from facegan_jax.metrics import attributes
+
+    widths = attributes.default_widths(image_size)
+    return attributes.Classifier(
+        image_size=image_size,
+        widths=widths,
+        feature_dim=feature_dim,
+        params=attributes.init_params(widths, feature_dim, image_size, seed=seed),
+    )

@@ -361,17 +361,11 @@ def test_sigterm_checkpoints_a_fresh_gs_run_and_exits_0(
 def test_evaluate_reads_a_gs_workdir_and_a_gs_classifier_and_writes_json_to_gs(
     runs, gcs, shared_compilation_cache, tmp_path
 ):
-    from facegan_jax.metrics import attributes
+    from tests.helpers import untrained_classifier
 
     del runs  # the run must exist
     # An untrained classifier of the run's 32x32 images (fd_attr needs only its features).
-    widths = attributes.default_widths(32)
-    classifier = attributes.Classifier(
-        image_size=32,
-        widths=widths,
-        feature_dim=32,
-        params=attributes.init_params(widths, 32, 32, seed=3),
-    )
+    classifier = untrained_classifier(32, feature_dim=32, seed=3)
     local = Path(classifier.save(tmp_path / "classifier"))
     for name in sorted(os.listdir(local)):
         gcs.write_object(f"classifiers/tiny/{name}", (local / name).read_bytes())

@@ -17,11 +17,10 @@ from absl.testing import absltest  # noqa: F401  (absl logging handler for captu
 from facegan_jax import workdir as workdir_lib
 from facegan_jax.cli import report as report_cli
 from facegan_jax.data import input_pipeline
-from facegan_jax.metrics import attributes
 from facegan_jax.metrics import memorization as mem
 from facegan_jax.report import run_report as report
 from facegan_jax.training import components
-from tests.helpers import tiny_config
+from tests.helpers import tiny_config, untrained_classifier
 
 FEATURE_DIM = 32
 
@@ -116,14 +115,9 @@ def run_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def classifier_dir(tmp_path_factory):
     """An untrained (random-init) attribute classifier: its features still tell faces apart."""
-    widths = attributes.default_widths(32)
-    clf = attributes.Classifier(
-        image_size=32,
-        widths=widths,
-        feature_dim=64,
-        params=attributes.init_params(widths, 64, 32, seed=0),
+    return untrained_classifier(32, feature_dim=64, seed=0).save(
+        tmp_path_factory.mktemp("classifier")
     )
-    return clf.save(tmp_path_factory.mktemp("classifier"))
 
 
 def _fake_generator(monkeypatch, bank, config):

@@ -54,6 +54,6 @@ def test_benchmark_prints_figures_layer_profile_and_result_lines():
     # The layer profile: every conv of G (4 here) and D (3 + the final 4x4), three parts each.
     rows = re.findall(r"^layers: (\w+) .* fwd .* ms .* \| dgrad .* \| wgrad .* ms", out, re.M)
     assert rows.count("FastConvTranspose2x") == 3 and rows.count("FastConvStride2") == 3, out
-    assert rows.count("ConvTranspose") == 1 and rows.count("Conv") == 1, out
+    assert rows.count("Project4x4") == 1 and rows.count("Conv") == 1, out
     result = re.search(r"^RESULT name=train img_per_s=([0-9.]+) batch=8$", out, re.M)
     assert result and float(result.group(1)) > 0, out

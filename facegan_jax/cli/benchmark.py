@@ -173,6 +173,7 @@ def bench_train(config, steps: int, warmup: int, peak: float | None) -> float:
 _PROFILED = (
     "Conv",
     "ConvTranspose",
+    "Project4x4",  # the DCGAN generator's first layer (a dot)
     "FastConvTranspose2x",
     "FastConvStride2",
     "SNConv",

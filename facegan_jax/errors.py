@@ -89,7 +89,7 @@ def report(exc: BaseException, *, verbose: bool = False, stream: TextIO | None =
     return getattr(exc, "exit_code", EXIT_FAILURE)
 
 
-def run_command(prog: str, command: Callable[[], int | None], *, verbose: bool = False) -> int:
+def run_command(prog: str, command: Callable[[], Any], *, verbose: bool = False) -> int:
     """Runs a command's body; a user mistake or run fault becomes `prog: error: <one line>`.
 
     The one error reporter of the argparse commands (sample, fid, evaluate, report, the
@@ -97,12 +97,12 @@ def run_command(prog: str, command: Callable[[], int | None], *, verbose: bool =
 
     Args:
       prog: the command's name for the message (`fid`, `report`, ...).
-      command: the body; raises ValueError/OSError/FaceganError on bad input; may return
-        its own exit code.
+      command: the body; raises ValueError/OSError/FaceganError on bad input; an int it
+        returns is the exit code (anything else, e.g. a result dict, means 0).
       verbose: print the traceback before the line.
 
     Returns:
-      The body's code (0 when it returns None), or the error's exit code (`EXIT_USAGE`
+      The body's int code (else 0), or the error's exit code (`EXIT_USAGE`
       unless the error carries its own).
     """
     try:
@@ -112,7 +112,7 @@ def run_command(prog: str, command: Callable[[], int | None], *, verbose: bool =
             traceback.print_exception(e, file=sys.stderr)
         print(f"{prog}: error: {one_line(e) or type(e).__name__}", file=sys.stderr, flush=True)
         return getattr(e, "exit_code", EXIT_USAGE)
-    return 0 if code is None else int(code)
+    return code if isinstance(code, int) else 0  # a body may return its result, not a code
 
 
 def add_verbose_flag(parser: Any) -> None:

@@ -50,10 +50,19 @@ def check_storage_client(path: PathLike, what: str = "--workdir") -> None:
         )
 
 
+def expand_path(path: PathLike | None) -> str | None:
+    """`~` expanded in a local path from a flag or config field (the shell does not expand
+    `~` after `=`); URLs (`gs://...`) and empty values unchanged."""
+    if not path:
+        return None if path is None else os.fspath(path)
+    path = os.fspath(path)
+    return path if is_url(path) else os.path.expanduser(path)
+
+
 def resolve(path: PathLike) -> str:
     """An absolute local path (`~` expanded), or a URL unchanged."""
-    path = os.fspath(path)
-    return path if is_url(path) else os.path.abspath(os.path.expanduser(path))
+    path = expand_path(path)
+    return path if is_url(path) else os.path.abspath(path)
 
 
 def as_path(path: PathLike) -> epath.Path:

@@ -36,22 +36,8 @@ DIRECTIONS_FILE = "directions.npz"
 REPORT_DIR = "report"
 
 
-def expand_path(path: str | os.PathLike | None) -> str | None:
-    """`~` expanded in a local path from a flag or config field (the shell does not expand
-    `~` after `=`); URLs (`gs://...`) and empty values unchanged."""
-    if not path:
-        return None if path is None else os.fspath(path)
-    path = os.fspath(path)
-    return path if "://" in path else os.path.expanduser(path)
-
-
-def resolve(workdir: str | os.PathLike) -> str:
-    """An absolute local path (`~` expanded), or a URL (`gs://bucket/run`) unchanged."""
-    return fileio.resolve(workdir)
-
-
 def _join(workdir: str | os.PathLike, *names: str) -> str:
-    return "/".join([resolve(workdir).rstrip("/"), *names])
+    return fileio.join(workdir, *names)
 
 
 def config_path(workdir: str | os.PathLike) -> str:

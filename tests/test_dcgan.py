@@ -55,3 +55,17 @@ def test_unknown_model_name_names_the_field():
     config = tiny_config(**{"model.name": "stylegan9"})
     with pytest.raises(ValueError, match="config.model.name='stylegan9'"):
         build_models(config)
+
+
+def test_project4x4_is_the_1x1_to_4x4_transposed_conv_with_the_same_parameter():
+    import flax.linen as nn
+
+    from facegan_jax.models.dcgan import Project4x4
+
+    z = jax.random.normal(jax.random.PRNGKey(0), (8, 100))
+    conv = nn.ConvTranspose(64, (4, 4), padding="VALID", use_bias=False)
+    params = conv.init(jax.random.PRNGKey(1), z[:, None, None, :])
+    want = conv.apply(params, z[:, None, None, :])
+    got = Project4x4(64).apply(params, z)  # the ConvTranspose's own variables load
+    assert got.shape == want.shape == (8, 4, 4, 64)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)

@@ -18,7 +18,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from PIL import Image
 
 from configs.default import get_config
-from facegan_jax import workdir as workdir_lib
+from facegan_jax import fileio
 from facegan_jax.data import input_pipeline
 from facegan_jax.data.celeba_attributes import CELEBA_ATTRIBUTES
 
@@ -268,6 +268,6 @@ def test_synthetic_faces_source_resizes_to_any_size(tmp_path):
 
 def test_tilde_in_a_data_dir_is_the_home_folder(monkeypatch, tmp_path):
     monkeypatch.setenv("HOME", str(tmp_path))
-    assert workdir_lib.expand_path("~/tensorflow_datasets") == str(tmp_path / "tensorflow_datasets")
-    assert workdir_lib.expand_path("gs://b/~x") == "gs://b/~x"
-    assert workdir_lib.expand_path(None) is None
+    assert fileio.expand_path("~/tensorflow_datasets") == str(tmp_path / "tensorflow_datasets")
+    assert fileio.expand_path("gs://b/~x") == "gs://b/~x"
+    assert fileio.expand_path(None) is None

@@ -38,7 +38,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from facegan_jax import workdir as workdir_lib
+from facegan_jax import fileio
 from facegan_jax.data import celeba_local, face_renderer
 from facegan_jax.data.celeba_attributes import CELEBA_ATTRIBUTES, NUM_ATTRIBUTES
 
@@ -81,7 +81,7 @@ def get_builder(
     Raises:
       ValueError: unknown name, or a CelebA dataset that has not been prepared.
     """
-    name, data_dir = data_config.name, workdir_lib.expand_path(data_config.tfds_data_dir)
+    name, data_dir = data_config.name, fileio.expand_path(data_config.tfds_data_dir)
     if name == "synthetic_faces":
         from facegan_jax.data import synthetic_faces
 

@@ -213,10 +213,10 @@ def load_generator(
         variables = {"params": state.ema_params, **state.ema_vars}
     else:
         variables = {"params": state.g_params, **state.g_vars}
-    # On one device, whatever the mesh the state was restored onto: a generator replicated
-    # over N devices compiles to an N-device program, whose float results differ in the last
-    # bits from the one-device program's (1 vs 8 CPU devices: 25 of 256 PNGs by one level).
-    # One device gives every seed the same image on 1, 2 or 8 devices (tests/test_sample_cli).
+    # On one device, whatever mesh the state was restored onto: replicated variables would
+    # make every jitted generator call run on all N devices, each computing the whole batch.
+    # (Same images either way: device-count independence comes from the generators' dot
+    # formulations, dcgan.Project4x4 and layers.conv_as_dot; tests/test_device_count.py.)
     variables = jax.device_put(variables, jax.local_devices()[0])
     pool = load_attribute_pool(workdir) if config.model.num_attributes else None
     generate = sampling.make_generate_fn(run.generator, config, seed=SAMPLE_SEED, pool=pool)

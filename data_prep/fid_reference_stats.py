@@ -16,12 +16,12 @@ An existing output file is reused (it is the cache), never overwritten.
 from __future__ import annotations
 
 import os
-import sys
 from typing import Any
 
 from absl import app, flags
 from ml_collections import config_flags
 
+from facegan_jax import errors
 from facegan_jax.cli import spelling
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Run config file (like main's).")
@@ -106,8 +106,7 @@ def main(argv: list[str]) -> int:
             config, split, _NUM.value, _WEIGHTS.value, out, _BATCH.value
         )
     except (ValueError, OSError) as e:
-        print(f"fid_reference_stats: error: {e}", file=sys.stderr)
-        return 1
+        return errors.report(e, prog="fid_reference_stats", default_code=errors.EXIT_FAILURE)
     print(f"Wrote statistics of {n} images of {config.data.name}:{split} to {out}")
     return 0
 

@@ -21,7 +21,7 @@ import sys
 
 import tensorflow_datasets as tfds
 
-from facegan_jax import runtime
+from facegan_jax import errors, runtime
 from facegan_jax.cli import spelling
 from facegan_jax.data import celeba_local
 
@@ -42,17 +42,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--manual_dir", required=True, help="folder with the downloaded files")
     parser.add_argument("--data_dir", default=None, help="TFDS data_dir (default: TFDS's)")
     parser.add_argument("--no_progress", action="store_true", help="hide the progress bars")
+    errors.add_verbose_flag(parser)
     args = spelling.parse_args(parser, argv)
     runtime.setup()
+    return errors.run_command("prepare_celeba", lambda: _run(args), verbose=args.verbose)
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.no_progress:
         tfds.disable_progress_bar()  # TFDS's own bars and banner; this process only builds
-    try:
-        builder, report = celeba_local.prepare(
-            args.manual_dir, args.data_dir, show_progress=not args.no_progress
-        )
-    except celeba_local.CelebaInputError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    builder, report = celeba_local.prepare(
+        args.manual_dir, args.data_dir, show_progress=not args.no_progress
+    )
     if report is None:
         print(
             f"celeba_local is already built at {builder.data_path}; nothing done "

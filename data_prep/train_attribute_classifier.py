@@ -33,13 +33,14 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
 
+from facegan_jax import errors
 from facegan_jax.cli import spelling
 
 KNOWN_DATA = ("synthetic_faces", "celeba_local")
 LOAD_BATCH = 250
 
 
-class DataError(ValueError):
+class DataError(errors.DataError):
     """Bad data arguments, found before any training: the CLI prints it and exits 2."""
 
 
@@ -236,6 +237,9 @@ def train(
     return classifier
 
 
+PROG = "train_attribute_classifier"
+
+
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m data_prep.train_attribute_classifier",
@@ -259,6 +263,7 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--synthetic_num_train", type=int, default=None)
     parser.add_argument("--synthetic_num_eval", type=int, default=None)
     parser.add_argument("--out", required=True, help="folder to save the classifier into")
+    errors.add_verbose_flag(parser)
     return spelling.parse_args(parser, argv)
 
 
@@ -268,33 +273,35 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     runtime.setup()
     args = _parse(argv)
+    return errors.run_command(PROG, lambda: _run(args), verbose=args.verbose)
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.steps < 1 or args.batch_size < 1:
-        print("error: --steps and --batch_size must be >= 1", file=sys.stderr)
-        return 2
+        raise errors.UsageError(
+            f"--steps={args.steps} and --batch_size={args.batch_size} must be >= 1"
+        )
     try:
         widths = tuple(int(w) for w in args.widths.split(",")) if args.widths else None
     except ValueError:
-        print(f"error: --widths={args.widths!r} must be comma-separated integers", file=sys.stderr)
-        return 2
-    try:
-        classifier = train(
-            args.data,
-            args.tfds_data_dir,
-            args.image_size,
-            args.steps,
-            args.batch_size,
-            learning_rate=args.learning_rate,
-            widths=widths,
-            feature_dim=args.feature_dim,
-            pos_weight_max=args.pos_weight_max,
-            seed=args.seed,
-            synthetic_num_train=args.synthetic_num_train,
-            synthetic_num_eval=args.synthetic_num_eval,
-            val_split=args.val_split,
-        )
-    except DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        raise errors.UsageError(
+            f"--widths={args.widths!r} must be comma-separated integers"
+        ) from None
+    classifier = train(
+        args.data,
+        args.tfds_data_dir,
+        args.image_size,
+        args.steps,
+        args.batch_size,
+        learning_rate=args.learning_rate,
+        widths=widths,
+        feature_dim=args.feature_dim,
+        pos_weight_max=args.pos_weight_max,
+        seed=args.seed,
+        synthetic_num_train=args.synthetic_num_train,
+        synthetic_num_eval=args.synthetic_num_eval,
+        val_split=args.val_split,
+    )
     from facegan_jax.metrics import attributes
 
     print("\n".join(attributes.format_table(classifier)))

@@ -1,10 +1,11 @@
 """User mistakes and run faults as one line: the error types and how entry points report them.
 
 Library code raises one of the `FaceganError` subclasses below with a message
-that names the field, file or value and says what to do. Entry points
-(`main.py`) catch them and call `report`, which prints a single line,
+that names the field, file or value and says what to do. Every command reports
+through `report` (argparse commands through `run_command`), which prints a single
+line naming the command,
 
-  error: config.data.image_size=48 must be 4 * 2**k (8, 16, 32, 64, ...) [model 'dcgan']
+  train: error: config.data.image_size=48 must be 4 * 2**k (8, 16, 32, 64, ...) [model 'dcgan']
 
 on stderr (the traceback only with `--verbose`) and returns the exit code:
 `EXIT_USAGE` (2) for input the user must fix (flags, config, data, workdir),
@@ -73,20 +74,35 @@ def one_line(text: object) -> str:
     return re.sub(r"\s+", " ", str(text)).strip()
 
 
-def report(exc: BaseException, *, verbose: bool = False, stream: TextIO | None = None) -> int:
-    """Prints `exc` as `error: <one line>` (traceback first if `verbose`); returns the exit code.
+def report(
+    exc: BaseException,
+    *,
+    prog: str,
+    verbose: bool = False,
+    stream: TextIO | None = None,
+    default_code: int = EXIT_FAILURE,
+) -> int:
+    """Prints `exc` as `PROG: error: <one line>` (traceback first if `verbose`).
+
+    The one error reporter of every command (argparse's own usage errors have the
+    same `PROG: error:` form).
 
     Args:
       exc: the error.
+      prog: the command's name (`train`, `sample`, ...).
       verbose: print the traceback first.
       stream: where to print (default: stderr).
+      default_code: the exit code of an error that carries none (not a `FaceganError`).
+
+    Returns:
+      The exit code: the error's `exit_code`, else `default_code`.
     """
     stream = sys.stderr if stream is None else stream
     if verbose:
         traceback.print_exception(exc, file=stream)
     message = one_line(exc) or type(exc).__name__
-    print(f"error: {message}", file=stream, flush=True)
-    return getattr(exc, "exit_code", EXIT_FAILURE)
+    print(f"{prog}: error: {message}", file=stream, flush=True)
+    return getattr(exc, "exit_code", default_code)
 
 
 def run_command(prog: str, command: Callable[[], Any], *, verbose: bool = False) -> int:
@@ -108,10 +124,7 @@ def run_command(prog: str, command: Callable[[], Any], *, verbose: bool = False)
     try:
         code = command()
     except (ValueError, OSError, FaceganError) as e:
-        if verbose:
-            traceback.print_exception(e, file=sys.stderr)
-        print(f"{prog}: error: {one_line(e) or type(e).__name__}", file=sys.stderr, flush=True)
-        return getattr(e, "exit_code", EXIT_USAGE)
+        return report(e, prog=prog, verbose=verbose, default_code=EXIT_USAGE)
     return code if isinstance(code, int) else 0  # a body may return its result, not a code
 
 

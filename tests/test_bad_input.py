@@ -42,7 +42,7 @@ def _main(workdir: Path, *flags: str, env: dict[str, str] | None = None):
 def _error_line(proc: subprocess.CompletedProcess) -> str:
     lines = proc.stderr.splitlines()
     assert proc.returncode == errors.EXIT_USAGE, proc.stderr
-    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    assert len(lines) == 1 and lines[0].startswith("train: error: "), proc.stderr
     return lines[0]
 
 
@@ -52,20 +52,23 @@ def _error_line(proc: subprocess.CompletedProcess) -> str:
         (
             ["--config.train.batch_sise=3"],
             None,
-            "error: --config.train.batch_sise=3: config.train.batch_sise is not a config field "
+            "train: error: --config.train.batch_sise=3: "
+            "config.train.batch_sise is not a config field "
             "(did you mean config.train.batch_size?); the fields are documented in "
             "configs/default.py and the model's family in facegan_jax/models/",
         ),
         (
             ["--config.train.batch_size=abc"],
             None,
-            "error: --config.train.batch_size=abc: invalid literal for int() with base 10: 'abc' "
+            "train: error: --config.train.batch_size=abc: "
+            "invalid literal for int() with base 10: 'abc' "
             "(--config.train.batch_size takes a value of type int)",
         ),
         (
             ["--config.train.batch_size=3"],
             {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"},
-            "error: config.train.batch_size=3 must be divisible by the number of devices (2)",
+            "train: error: "
+            "config.train.batch_size=3 must be divisible by the number of devices (2)",
         ),
     ],
     ids=["unknown_field", "ill_typed", "batch_vs_devices"],
@@ -80,7 +83,7 @@ def test_verbose_adds_the_traceback(tmp_path):
     proc = _main(tmp_path / "run", "--verbose", "--config.train.batch_sise=3")
     assert proc.returncode == errors.EXIT_USAGE
     assert proc.stderr.startswith("Traceback (most recent call last):")
-    assert proc.stderr.splitlines()[-1].startswith("error: --config.train.batch_sise=3: ")
+    assert proc.stderr.splitlines()[-1].startswith("train: error: --config.train.batch_sise=3: ")
 
 
 def _snapshot(path: Path) -> dict[str, tuple[int, int]]:
@@ -99,8 +102,8 @@ def _rejected(config, workdir: Path, error: type[errors.UsageError]) -> str:
         train.train_and_evaluate(config, str(workdir))
     message = str(info.value)
     stream = io.StringIO()
-    assert errors.report(info.value, stream=stream) == errors.EXIT_USAGE
-    assert stream.getvalue() == f"error: {message}\n" and "\n" not in message
+    assert errors.report(info.value, prog="train", stream=stream) == errors.EXIT_USAGE
+    assert stream.getvalue() == f"train: error: {message}\n" and "\n" not in message
     assert workdir.exists() == existed and _snapshot(workdir) == before
     return message
 

@@ -173,3 +173,19 @@ def test_non_finite_loss_stops_naming_the_step_and_the_last_good_checkpoint(
         str(info.value),
     ), str(info.value)
     assert checkpointing.create_manager(str(tmp_path)).all_steps() == [1, 2]
+
+
+def test_progress_eta_is_the_earlier_of_steps_and_wall_clock_budget(caplog, monkeypatch):
+    caplog.set_level("INFO")
+    now = [100.0]
+    monkeypatch.setattr(train.time, "perf_counter", lambda: now[0])
+    budget = [None]
+    progress = train.Progress(1_000_000, 32, lambda: budget[0])
+    progress.start(0)
+    now[0] += 10.0
+    progress.report(20)  # 2 steps/s: 999,980 steps left is 138h53m10s
+    assert "step 20/1000000: 2 steps/s, 64 images/s, ETA 138h53m10s" in caplog.text
+    budget[0] = 90.0  # train_minutes ends the run in 90 s
+    now[0] += 10.0
+    progress.report(40)
+    assert "step 40/1000000: 2 steps/s, 64 images/s, ETA 1m30s" in caplog.text

@@ -67,6 +67,9 @@ class Variant:
     overrides: tuple[str, ...]
 
 
+PROG = "ablate"
+
+
 def split_variants(
     argv: Sequence[str],
 ) -> tuple[list[str], list[str], list[Variant]]:
@@ -298,7 +301,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         _main(argv)
     except errors.FaceganError as e:
-        return errors.report(e, verbose=verbose)
+        return errors.report(e, prog=PROG, verbose=verbose)
     return 0
 
 

@@ -109,6 +109,9 @@ def parse_peer_line(line: str) -> dict[str, Any] | None:
     )
 
 
+PROG = "race"
+
+
 def collect_peer_sample(raw_dir: Path, out_dir: Path, k: int) -> str:
     """Moves the peer's newest `samples_NNNmin.npy` to `mark_kk.npy` (before it can be reused).
 
@@ -394,7 +397,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         _race_main(*parse_args(build_parser(), argv))
     except errors.FaceganError as e:
-        return errors.report(e, verbose=verbose)
+        return errors.report(e, prog=PROG, verbose=verbose)
     return 0
 
 

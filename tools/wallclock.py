@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from facegan_jax import errors
+from facegan_jax import errors, models
 from facegan_jax.errors import RaceError
 from tools.race_data import IMAGE_SIZE, to_float
 
@@ -111,7 +111,7 @@ def check_config(config: Any) -> None:
             f"config.data.image_size={config.data.image_size}, channels="
             f"{config.data.channels}: the race trains on 64x64 RGB (the peer's data)"
         )
-    if config.model.num_attributes:
+    if models.is_conditional(config):
         raise RaceError("config.model.num_attributes must be 0: the peer is unconditional")
 
 

@@ -31,7 +31,7 @@ from typing import Any
 from absl import app, flags
 from ml_collections import config_flags
 
-from facegan_jax import runtime
+from facegan_jax import models, runtime
 from facegan_jax.cli import spelling
 
 FLAGS = flags.FLAGS
@@ -243,7 +243,7 @@ def profile_layers(config, reps: int = 5) -> float:
     g, d = build_models(config)
     b, s, c = config.train.batch_size, config.data.image_size, config.data.channels
     z = jnp.zeros((b, config.model.z_dim), jnp.float32)
-    attrs = jnp.zeros((b, 40), jnp.float32) if config.model.num_attributes else None
+    attrs = jnp.zeros((b, 40), jnp.float32) if models.is_conditional(config) else None
     images = jnp.zeros((b, s, s, c), jnp.float32)
     key = {"params": jax.random.PRNGKey(0), "dropout": jax.random.PRNGKey(1)}
     layers = _capture_layers(g, g.init(key, z, attrs, train=False), z, attrs, train=True)

@@ -18,7 +18,7 @@ import argparse
 import json
 import sys
 
-from facegan_jax import errors, fileio, runtime
+from facegan_jax import errors, fileio, models, runtime
 from facegan_jax.cli import spelling
 from facegan_jax.data.celeba_attributes import attribute_index
 
@@ -56,7 +56,7 @@ def _run(args: argparse.Namespace) -> None:
     classifier = attributes.load(args.classifier)
     generate, variables, config = components.load_generator(args.workdir, step=args.step)
     generate = generate.as_batched()  # metrics: the fast batched path
-    pool = components.load_attribute_pool(args.workdir) if config.model.num_attributes else None
+    pool = components.load_attribute_pool(args.workdir) if models.is_conditional(config) else None
     real, real_labels = evaluation.real_attribute_reference(
         config, classifier, args.num_samples, args.workdir
     )

@@ -10,7 +10,7 @@ that names it (the config is locked).
 
 Every user mistake (a flag, a config field or value, missing data, a workdir
 holding another run) and every run fault (non-finite loss, a checkpoint that
-cannot be written) ends the process with ONE line on stderr, `error: ...`,
+cannot be written) ends the process with ONE line on stderr, `train: error: ...`,
 exit code 2 (fix the input) or 1 (the run could not go on); `--verbose` adds
 the traceback. Flag-parsing errors, which absl raises before `main()`, are
 caught by `run()`'s flags parser.
@@ -46,9 +46,11 @@ flags.DEFINE_bool(
     "jax.distributed.initialize() with JAX's cluster auto-detection (Cloud TPU pods).",
 )
 flags.DEFINE_bool(
-    "verbose", False, "Print the traceback of an error (default: one line, `error: ...`)."
+    "verbose", False, "Print the traceback of an error (default: one line, `train: error: ...`)."
 )
 flags.mark_flags_as_required(["config", "workdir"])
+
+PROG = "train"
 
 
 def main(argv: list[str]) -> int:
@@ -56,11 +58,12 @@ def main(argv: list[str]) -> int:
     try:
         _main(argv)
     except errors.FaceganError as e:
-        return errors.report(e, verbose=FLAGS.verbose)
+        return errors.report(e, prog=PROG, verbose=FLAGS.verbose)
     except app.UsageError as e:
-        return errors.report(errors.UsageError(str(e)), verbose=FLAGS.verbose)
+        return errors.report(errors.UsageError(str(e)), prog=PROG, verbose=FLAGS.verbose)
     except KeyboardInterrupt:  # a second Ctrl-C (the first one stops with a checkpoint)
-        print("error: interrupted; the latest complete checkpoint is kept", file=sys.stderr)
+        message = "interrupted; the latest complete checkpoint is kept"
+        print(f"{PROG}: error: {message}", file=sys.stderr)
         return 130
     return 0
 
@@ -89,7 +92,7 @@ def _main(argv: list[str]) -> None:
 class _DropLibraryInfo:
     """absl log filter: keeps warnings and errors from orbax/tfds/jax, drops their INFO chatter.
 
-    Their tracebacks are dropped too (our `error: ...` line says what failed) unless
+    Their tracebacks are dropped too (our `train: error: ...` line says what failed) unless
     `--verbose`.
     """
 
@@ -152,7 +155,7 @@ def parse_flags(argv: list[str]) -> list[str]:
         FLAGS.config.get("seed")  # ml_collections defers config-file load errors to here
     except Exception as e:  # anything raised while parsing is about the command line
         error = errors.flag_error(e, argv, flag_type=_flag_type)
-        sys.exit(errors.report(error, verbose=errors.wants_verbose(argv)))
+        sys.exit(errors.report(error, prog=PROG, verbose=errors.wants_verbose(argv)))
     return rest
 
 

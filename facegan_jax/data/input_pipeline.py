@@ -37,6 +37,7 @@ import ml_collections
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
+from absl import logging
 
 from facegan_jax import fileio
 from facegan_jax.data import celeba_local, face_renderer
@@ -141,9 +142,18 @@ def crop_window(
     crop = data_config.crop
     if crop not in KNOWN_CROPS:
         raise ValueError(f"unknown config.data.crop={crop!r}; known: {', '.join(KNOWN_CROPS)}")
-    if crop == "none" or data_config.get("name") == "synthetic_faces":
+    if crop == "none":
+        return None
+    if data_config.get("name") == "synthetic_faces":
         # The crops frame the face in CelebA's 178x218 photos; synthetic_faces renders
         # are framed faces already, so recipes keep their CelebA crop and stay runnable.
+        logging.log_first_n(
+            logging.INFO,
+            "config.data.crop=%r frames CelebA photos; synthetic_faces renders are framed "
+            "faces already and are not cropped",
+            1,
+            crop,
+        )
         return None
     if crop == "celeba_178":
         box = CELEBA_178_BOX

@@ -44,7 +44,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from facegan_jax import fileio
+from facegan_jax import fileio, models
 from facegan_jax.data.celeba_attributes import CELEBA_ATTRIBUTES, NUM_ATTRIBUTES
 
 PyTree = Any
@@ -325,7 +325,7 @@ class SeededGenerator:
 def _seeded_generator(
     generator: nn.Module, config: Any, seed: int, pool: np.ndarray | None, batched: bool
 ) -> SeededGenerator:
-    conditional = bool(config.model.num_attributes)
+    conditional = models.is_conditional(config)
     return SeededGenerator(
         generator=generator,
         z_dim=int(config.model.z_dim),

@@ -119,9 +119,14 @@ def compute_dtype(config: Any) -> Any:
     return jnp.bfloat16 if config.train.mixed_precision else jnp.float32
 
 
+def is_conditional(config: Any) -> bool:
+    """Whether the model is attribute-conditioned: `config.model.num_attributes` 40, not 0."""
+    return bool(config.model.num_attributes)
+
+
 def require_unconditional(config: Any) -> None:
     """Raises a ValueError naming the field if an unconditional family is given attributes."""
-    if config.model.num_attributes:
+    if is_conditional(config):
         raise ValueError(
             f"config.model.num_attributes must be 0 for {config.model.name!r} (use 'acgan')"
         )

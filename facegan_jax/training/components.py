@@ -25,7 +25,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding
 
-from facegan_jax import fileio, sharding
+from facegan_jax import fileio, models, sharding
 from facegan_jax import workdir as workdir_lib
 from facegan_jax.generation import sampling
 from facegan_jax.models import build_models, upgrade_model_fields
@@ -218,6 +218,6 @@ def load_generator(
     # (Same images either way: device-count independence comes from the generators' dot
     # formulations, dcgan.Project4x4 and layers.conv_as_dot; tests/test_device_count.py.)
     variables = jax.device_put(variables, jax.local_devices()[0])
-    pool = load_attribute_pool(workdir) if config.model.num_attributes else None
+    pool = load_attribute_pool(workdir) if models.is_conditional(config) else None
     generate = sampling.make_generate_fn(run.generator, config, seed=SAMPLE_SEED, pool=pool)
     return generate, variables, config

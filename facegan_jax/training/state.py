@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from facegan_jax import models
 from facegan_jax.data.celeba_attributes import NUM_ATTRIBUTES
 
 PyTree = Any
@@ -79,7 +80,7 @@ def init_state(
     k_g, k_d, k_train = jax.random.split(key, 3)
     n = init_batch_size(config)
     z = jnp.zeros((n, config.model.z_dim), jnp.float32)
-    attrs = jnp.zeros((n, NUM_ATTRIBUTES), jnp.float32) if config.model.num_attributes else None
+    attrs = jnp.zeros((n, NUM_ATTRIBUTES), jnp.float32) if models.is_conditional(config) else None
     g_params, g_vars = split_variables(generator.init({"params": k_g}, z, attrs, train=False))
     size, channels = config.data.image_size, config.data.channels
     images = jnp.zeros((n, size, size, channels), jnp.float32)

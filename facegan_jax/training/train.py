@@ -37,6 +37,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -46,7 +47,7 @@ from absl import logging
 from clu import metric_writers
 from flax import traverse_util
 
-from facegan_jax import errors, fileio, sharding
+from facegan_jax import errors, fileio, models, sharding
 from facegan_jax import workdir as workdir_lib
 from facegan_jax.data import input_pipeline
 from facegan_jax.data.celeba_attributes import NUM_ATTRIBUTES
@@ -130,11 +131,19 @@ class Progress:
 
     `start(step)` and `report(step)` must be called when `step` is known to be
     complete (the loop calls them right after blocking on that step's metrics).
+    With a wall-clock budget (`time_left`, seconds or None), the ETA is whichever
+    ends first: the remaining steps at the measured rate or the budget.
     """
 
-    def __init__(self, total_steps: int, examples_per_step: int):
+    def __init__(
+        self,
+        total_steps: int,
+        examples_per_step: int,
+        time_left: Callable[[], float | None] | None = None,
+    ):
         self.total_steps = total_steps
         self.examples_per_step = examples_per_step
+        self._time_left = time_left
         self._mark: tuple[float, int] | None = None
 
     def start(self, step: int) -> None:
@@ -148,6 +157,9 @@ class Progress:
             return None
         rate = (step - mark[1]) / (now - mark[0])
         eta = (self.total_steps - step) / rate
+        budget = self._time_left() if self._time_left is not None else None
+        if budget is not None:
+            eta = min(eta, max(budget, 0.0))
         logging.info(
             "step %d/%d: %.3g steps/s, %.4g images/s, ETA %s",
             step,
@@ -187,6 +199,10 @@ class Clock:
 
     def elapsed(self) -> float:
         return 0.0 if self._start is None else time.perf_counter() - self._start
+
+    def time_left(self) -> float | None:
+        """Seconds until `config.train_minutes` stops the run; None without a deadline."""
+        return None if self.limit is None else self.limit - self.elapsed()
 
     def due(self, step: int) -> tuple[bool, bool]:
         """(save a time-marked checkpoint now, stop now) after completing `step`."""
@@ -338,7 +354,7 @@ def check_architecture(run: components.Components) -> None:
     z = jax.ShapeDtypeStruct((n, config.model.z_dim), jnp.float32)
     attrs = (
         jax.ShapeDtypeStruct((n, NUM_ATTRIBUTES), jnp.float32)
-        if config.model.num_attributes
+        if models.is_conditional(config)
         else None
     )
 
@@ -431,7 +447,7 @@ def _open_dataset(config: Any, batch_size: int, start_batch: int) -> Any:
 
 def load_attribute_pool(config: Any, workdir: str) -> np.ndarray | None:
     """Real attribute vectors [P, 40] for conditional sampling, cached in the workdir."""
-    if not config.model.num_attributes:
+    if not models.is_conditional(config):
         return None
     path = workdir_lib.attribute_pool_path(workdir)
     if fileio.exists(path):
@@ -569,12 +585,12 @@ def train_and_evaluate(
     eval_hooks = _make_eval_hooks(config, run.generator, pool, workdir)
 
     train_step = run.train_step
-    progress = Progress(config.total_steps, step_examples)
     clock = Clock(
         config.get("train_minutes", 0.0),
         config.get("checkpoint_every_minutes", 0.0),
         config.log_every_steps,
     )
+    progress = Progress(config.total_steps, step_examples, clock.time_left)
     window = MetricWindow()
     in_flight: collections.deque[dict[str, jax.Array]] = collections.deque()
     step = initial_step

@@ -45,6 +45,8 @@ Regularisers, each a config field (off by default, so the seed recipes are uncha
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -54,6 +56,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from facegan_jax import models
 from facegan_jax.training import augment as augment_lib
 from facegan_jax.training import losses
 from facegan_jax.training.state import GanState
@@ -195,6 +198,381 @@ def validate_schedule(config: Any) -> None:
         attributes.check_folder(config.loss.guide_classifier, "config.loss.guide_classifier")
 
 
+@dataclasses.dataclass(frozen=True, eq=False)
+class StepSpec:
+    """What a train step is built from: the nets, their optimizers and the config's settings.
+
+    Static under jit (Python values closed over by the compiled step). Built once by
+    `StepSpec.from_config`; every update below is a module-level pure function of a
+    spec, the state and the batch.
+    """
+
+    generator: nn.Module
+    discriminator: nn.Module
+    g_tx: optax.GradientTransformation
+    d_tx: optax.GradientTransformation
+    adv: losses.AdversarialLoss
+    loss_config: Any  # config.loss: the discriminator's target settings
+    schedule: str
+    n_critic: int
+    conditional: bool
+    z_dim: int
+    ema_decay: float
+    aux_weight: float
+    g_aux_weight: float
+    aux_reduction: str
+    aux_on_fake: bool
+    augment: Callable[[jax.Array, jax.Array], jax.Array] | None
+    r1_gamma: float
+    r1_every: int
+    balanced: float
+    forced_weight: float
+    guide: Callable[..., jax.Array] | None
+
+    @classmethod
+    def from_config(
+        cls,
+        config: Any,
+        generator: nn.Module,
+        discriminator: nn.Module,
+        g_tx: optax.GradientTransformation,
+        d_tx: optax.GradientTransformation,
+    ) -> StepSpec:
+        """Validates `config`'s step settings and reads them (see `validate_schedule`)."""
+        validate_schedule(config)
+        conditional = models.is_conditional(config)
+        return cls(
+            generator=generator,
+            discriminator=discriminator,
+            g_tx=g_tx,
+            d_tx=d_tx,
+            adv=losses.get_loss(config.loss.name),
+            loss_config=config.loss,
+            schedule=config.train.schedule,
+            n_critic=config.train.n_critic,
+            conditional=conditional,
+            z_dim=config.model.z_dim,
+            ema_decay=config.train.ema_decay,
+            aux_weight=config.loss.aux_weight,
+            g_aux_weight=config.loss.g_aux_weight,
+            aux_reduction=config.loss.aux_reduction,
+            aux_on_fake=config.loss.aux_on_fake,
+            # .get: configs saved before these fields existed mean "off".
+            augment=augment_lib.make_augment(config.train.get("diffaugment", "")),
+            r1_gamma=float(config.loss.get("r1_gamma", 0.0)),
+            r1_every=int(config.loss.get("r1_every", 1)),
+            balanced=float(config.train.get("balanced_requests", 0.0)),
+            forced_weight=float(config.train.get("forced_weight", 1.0)),
+            guide=make_guidance(config) if conditional else None,
+        )
+
+
+def g_apply(
+    spec: StepSpec, g_params: PyTree, g_vars: PyTree, z: jax.Array, attrs: jax.Array | None
+) -> tuple[jax.Array, PyTree]:
+    """G in training mode: (images [B, H, W, C], updated variables)."""
+    images, updates = spec.generator.apply(
+        {"params": g_params, **g_vars}, z, attrs, train=True, mutable=_MUTABLE
+    )
+    return images, {**g_vars, **updates}
+
+
+def d_apply(
+    spec: StepSpec,
+    d_params: PyTree,
+    d_vars: PyTree,
+    images: jax.Array,
+    attrs: jax.Array | None,
+    key: jax.Array,
+) -> tuple[jax.Array, jax.Array | None, PyTree]:
+    """D in training mode on (DiffAugmented) images: (logits, attribute logits, variables).
+
+    The transform is drawn from `key`'s own stream, the dropout from `key`.
+    Conditional discriminators also see the attributes (projection conditioning).
+    """
+    if spec.augment is not None:
+        images = spec.augment(jax.random.fold_in(key, _AUGMENT_STREAM), images)
+    inputs = (images, attrs) if spec.conditional else (images,)
+    (logits, attr_logits), updates = spec.discriminator.apply(
+        {"params": d_params, **d_vars},
+        *inputs,
+        train=True,
+        mutable=_MUTABLE,
+        rngs={"dropout": key},
+    )
+    return logits, attr_logits, {**d_vars, **updates}
+
+
+def r1_term(
+    spec: StepSpec,
+    d_params: PyTree,
+    d_vars: PyTree,
+    real: jax.Array,
+    real_attrs: jax.Array | None,
+    key: jax.Array,
+    step: jax.Array,
+) -> jax.Array:
+    """The lazy R1 term of one D update: r1_every * R1 on R1 steps, else 0 (not computed).
+
+    Uses the same augmentation and dropout draws as the update's real pass; its
+    BatchNorm statistics updates are discarded (the real pass already made them).
+    """
+
+    def penalty(params: PyTree) -> jax.Array:
+        def logits_fn(images: jax.Array) -> jax.Array:
+            return d_apply(spec, params, d_vars, images, real_attrs, key)[0]
+
+        return spec.r1_every * losses.r1_penalty(logits_fn, real, spec.r1_gamma)
+
+    if spec.r1_every == 1:
+        return penalty(d_params)
+    return jax.lax.cond(
+        step % spec.r1_every == 0, penalty, lambda _: jnp.zeros((), jnp.float32), d_params
+    )
+
+
+def d_loss(
+    spec: StepSpec,
+    real_out: tuple[jax.Array, jax.Array | None],
+    fake_out: tuple[jax.Array, jax.Array | None],
+    targets: tuple[jax.Array, jax.Array],
+    real_attrs: jax.Array | None,
+    fake_attrs: jax.Array | None,
+) -> jax.Array:
+    """D's loss from its (logits, attribute logits) on real and fake images."""
+    real_logits, real_attr_logits = real_out
+    fake_logits, fake_attr_logits = fake_out
+    loss = spec.adv.d_loss(real_logits, fake_logits, *targets)
+    if spec.conditional:
+        loss += spec.aux_weight * losses.attribute_loss(
+            real_attr_logits, real_attrs, spec.aux_reduction
+        )
+        if spec.aux_on_fake:
+            loss += spec.aux_weight * losses.attribute_loss(
+                fake_attr_logits, fake_attrs, spec.aux_reduction
+            )
+    return loss
+
+
+def g_loss(
+    spec: StepSpec,
+    fake_out: tuple[jax.Array, jax.Array | None],
+    fake_attrs: jax.Array | None,
+    weights: jax.Array | None = None,
+) -> jax.Array:
+    """G's loss from D's (logits, attribute logits) on its images (without guidance)."""
+    fake_logits, fake_attr_logits = fake_out
+    loss = spec.adv.g_loss(fake_logits)
+    if spec.conditional:
+        loss += spec.g_aux_weight * losses.attribute_loss(
+            fake_attr_logits, fake_attrs, spec.aux_reduction, weights
+        )
+    return loss
+
+
+def sample_inputs(
+    spec: StepSpec, key: jax.Array, batch: int, real_attrs: jax.Array | None
+) -> tuple[jax.Array, jax.Array | None, jax.Array | None]:
+    """G's inputs for one batch: (z [B, Z], requested attributes, their loss weights)."""
+    k_z, k_attr = jax.random.split(key)
+    z = jax.random.normal(k_z, (batch, spec.z_dim), jnp.float32)  # [B, Z]
+    if not spec.conditional:
+        return z, None, None
+    # Fake attributes are real attribute vectors (shuffled), so the joint
+    # distribution of attributes matches the data's.
+    k_perm, k_bal = jax.random.split(k_attr)
+    attrs = jax.random.permutation(k_perm, real_attrs, axis=0)  # [B, 40]
+    weights = None
+    if spec.balanced:
+        attrs, forced = balance_requests(k_bal, attrs, spec.balanced)
+        if spec.forced_weight != 1.0:
+            # The attribute a request forces weighs `forced_weight` in G's attribute
+            # terms: it wins over the real vector's correlated attributes.
+            weights = jnp.where(forced, spec.forced_weight, 1.0)  # [B, 40]
+    return z, attrs, weights
+
+
+def apply_d_grads(spec: StepSpec, state: GanState, grads: PyTree, d_vars: PyTree) -> GanState:
+    """One optimizer update of D's parameters (and its new variables)."""
+    updates, d_opt_state = spec.d_tx.update(grads, state.d_opt_state, state.d_params)
+    return state.replace(
+        d_params=optax.apply_updates(state.d_params, updates),
+        d_vars=d_vars,
+        d_opt_state=d_opt_state,
+    )
+
+
+def apply_g_grads(spec: StepSpec, state: GanState, grads: PyTree, g_vars: PyTree) -> GanState:
+    """One optimizer update of G's parameters (and its new variables)."""
+    updates, g_opt_state = spec.g_tx.update(grads, state.g_opt_state, state.g_params)
+    return state.replace(
+        g_params=optax.apply_updates(state.g_params, updates),
+        g_vars=g_vars,
+        g_opt_state=g_opt_state,
+    )
+
+
+def d_metrics(
+    spec: StepSpec,
+    loss: jax.Array,
+    grads: PyTree,
+    real_logits: jax.Array,
+    fake_logits: jax.Array,
+    real_attr_logits: jax.Array | None,
+    real_attrs: jax.Array | None,
+    r1: jax.Array,
+) -> Metrics:
+    """The metrics of one D update."""
+    metrics = {
+        "d_loss": loss,
+        "d_real": jax.nn.sigmoid(real_logits).mean(),
+        "d_fake": jax.nn.sigmoid(fake_logits).mean(),
+        "d_grad_norm": optax.global_norm(grads),
+    }
+    if spec.r1_gamma:
+        metrics["d_r1"] = r1
+    if spec.conditional:
+        metrics["d_attr_acc_real"] = ((real_attr_logits > 0) == (real_attrs > 0.5)).mean()
+    return metrics
+
+
+def d_update(
+    spec: StepSpec,
+    state: GanState,
+    real: jax.Array,
+    real_attrs: jax.Array | None,
+    fake: jax.Array,
+    fake_attrs: jax.Array | None,
+    key: jax.Array,
+) -> tuple[GanState, Metrics]:
+    """One D update on real and (detached) fake images; returns (state, metrics)."""
+    k_t, k_real, k_fake = jax.random.split(key, 3)
+    targets = losses.discriminator_targets(k_t, real.shape[0], spec.loss_config)
+
+    def loss_fn(d_params: PyTree) -> tuple[jax.Array, tuple[Any, ...]]:
+        r_logits, r_attr, d_vars = d_apply(spec, d_params, state.d_vars, real, real_attrs, k_real)
+        f_logits, f_attr, d_vars = d_apply(spec, d_params, d_vars, fake, fake_attrs, k_fake)
+        loss = d_loss(spec, (r_logits, r_attr), (f_logits, f_attr), targets, real_attrs, fake_attrs)
+        r1 = jnp.zeros((), jnp.float32)
+        if spec.r1_gamma:
+            r1 = r1_term(spec, d_params, state.d_vars, real, real_attrs, k_real, state.step)
+        return loss + r1, (d_vars, r_logits, f_logits, r_attr, loss, r1)
+
+    (_, (d_vars, r_logits, f_logits, r_attr, loss, r1)), grads = jax.value_and_grad(
+        loss_fn, has_aux=True
+    )(state.d_params)
+    state = apply_d_grads(spec, state, grads, d_vars)
+    return state, d_metrics(spec, loss, grads, r_logits, f_logits, r_attr, real_attrs, r1)
+
+
+def alternating_update(
+    spec: StepSpec, state: GanState, batch: Batch, key: jax.Array
+) -> tuple[GanState, Metrics]:
+    """`n_critic` D updates, then G's through the updated D (see the module docstring)."""
+    n_critic = spec.n_critic
+    real_all = batch["image"]
+    B = real_all.shape[0] // n_critic
+    attrs_all = batch["attributes"] if spec.conditional else None
+    keys = jax.random.split(key, 2 * n_critic + 1)
+    metrics: Metrics = {}
+    for i in range(n_critic):
+        real = real_all[i * B : (i + 1) * B]  # [B, H, W, C]
+        real_attrs = attrs_all[i * B : (i + 1) * B] if spec.conditional else None
+        z, fake_attrs, fake_weights = sample_inputs(spec, keys[2 * i], B, real_attrs)
+        if i < n_critic - 1:
+            fake, g_vars = g_apply(spec, state.g_params, state.g_vars, z, fake_attrs)
+            state = state.replace(g_vars=g_vars)
+            fake = jax.lax.stop_gradient(fake)
+            state, metrics = d_update(
+                spec, state, real, real_attrs, fake, fake_attrs, keys[2 * i + 1]
+            )
+            continue
+        # Last critic step: keep G's VJP to reuse this fake batch for the G update.
+        fake, g_vjp, g_vars = jax.vjp(
+            lambda p, z=z, a=fake_attrs, v=state.g_vars: g_apply(spec, p, v, z, a),
+            state.g_params,
+            has_aux=True,
+        )
+        state, metrics = d_update(spec, state, real, real_attrs, fake, fake_attrs, keys[2 * i + 1])
+
+    def g_loss_fn(fake_images: jax.Array) -> tuple[jax.Array, tuple[PyTree, jax.Array]]:
+        f_logits, f_attr, d_vars = d_apply(
+            spec, state.d_params, state.d_vars, fake_images, fake_attrs, keys[-1]
+        )
+        loss = g_loss(spec, (f_logits, f_attr), fake_attrs, fake_weights)
+        guide_loss = jnp.zeros((), jnp.float32)
+        if spec.guide is not None:
+            guide_loss = spec.guide(fake_images, fake_attrs, fake_weights)
+        return loss + guide_loss, (d_vars, guide_loss)
+
+    (loss, (d_vars, guide_loss)), fake_grad = jax.value_and_grad(g_loss_fn, has_aux=True)(fake)
+    (g_grads,) = g_vjp(fake_grad)
+    state = apply_g_grads(spec, state.replace(d_vars=d_vars), g_grads, g_vars)
+    metrics.update(g_loss=loss, g_grad_norm=optax.global_norm(g_grads))
+    if spec.guide is not None:
+        metrics["g_guide"] = guide_loss
+    return state, metrics
+
+
+def simultaneous_update(
+    spec: StepSpec, state: GanState, batch: Batch, key: jax.Array
+) -> tuple[GanState, Metrics]:
+    """One forward pass of G and D; both nets updated from it (see the module docstring)."""
+    real = batch["image"]
+    B = real.shape[0]
+    real_attrs = batch["attributes"] if spec.conditional else None
+    k_in, k_t, k_real, k_fake = jax.random.split(key, 4)
+    z, fake_attrs, fake_weights = sample_inputs(spec, k_in, B, real_attrs)
+    targets = losses.discriminator_targets(k_t, B, spec.loss_config)
+    fake, g_vjp, g_vars = jax.vjp(
+        lambda p: g_apply(spec, p, state.g_vars, z, fake_attrs), state.g_params, has_aux=True
+    )
+
+    def d_outputs(d_params: PyTree, fake_images: jax.Array) -> tuple[Any, PyTree]:
+        r_logits, r_attr, d_vars = d_apply(spec, d_params, state.d_vars, real, real_attrs, k_real)
+        f_logits, f_attr, d_vars = d_apply(spec, d_params, d_vars, fake_images, fake_attrs, k_fake)
+        return ((r_logits, r_attr), (f_logits, f_attr)), d_vars
+
+    outs, d_vjp, d_vars = jax.vjp(d_outputs, state.d_params, fake, has_aux=True)
+    dl, d_cot = jax.value_and_grad(
+        lambda o: d_loss(spec, o[0], o[1], targets, real_attrs, fake_attrs)
+    )(outs)
+    gl, g_cot = jax.value_and_grad(lambda o: g_loss(spec, o[1], fake_attrs, fake_weights))(outs)
+    d_grads, _ = d_vjp(d_cot)
+    _, fake_grad = d_vjp(g_cot)
+    if spec.guide is not None:
+        guide_loss, guide_grad = jax.value_and_grad(spec.guide)(fake, fake_attrs, fake_weights)
+        gl, fake_grad = gl + guide_loss, fake_grad + guide_grad
+    (g_grads,) = g_vjp(fake_grad)
+    r1 = jnp.zeros((), jnp.float32)
+    if spec.r1_gamma:
+        r1, r1_grads = jax.value_and_grad(functools.partial(r1_term, spec))(
+            state.d_params, state.d_vars, real, real_attrs, k_real, state.step
+        )
+        d_grads = jax.tree.map(jnp.add, d_grads, r1_grads)
+    state = apply_d_grads(spec, state, d_grads, d_vars)
+    state = apply_g_grads(spec, state, g_grads, g_vars)
+    (r_logits, r_attr), (f_logits, _) = outs
+    metrics = d_metrics(spec, dl, d_grads, r_logits, f_logits, r_attr, real_attrs, r1)
+    metrics.update(g_loss=gl, g_grad_norm=optax.global_norm(g_grads))
+    if spec.guide is not None:
+        metrics["g_guide"] = guide_loss
+    return state, metrics
+
+
+_UPDATES = {"alternating": alternating_update, "simultaneous": simultaneous_update}
+
+
+def train_step(spec: StepSpec, state: GanState, batch: Batch) -> tuple[GanState, Metrics]:
+    """One step of `spec.schedule`: key from `fold_in(state.key, state.step)`, EMA after."""
+    key = jax.random.fold_in(state.key, state.step)
+    state, metrics = _UPDATES[spec.schedule](spec, state, batch, key)
+    state = state.replace(
+        step=state.step + 1, examples_seen=state.examples_seen + batch["image"].shape[0]
+    )
+    return update_ema(state, spec.ema_decay), metrics
+
+
 def make_train_step(
     config: Any,
     generator: nn.Module,
@@ -202,279 +580,10 @@ def make_train_step(
     g_tx: optax.GradientTransformation,
     d_tx: optax.GradientTransformation,
 ) -> Callable[[GanState, Batch], tuple[GanState, Metrics]]:
-    """Builds the pure train step for `config` (see the module docstring).
+    """`train_step(state, batch) -> (state, metrics)` for `config` (see the module docstring).
 
     The batch holds `n_critic * B` real images (and attributes); B fake images
     are generated per D update.
     """
-    validate_schedule(config)
-    adv = losses.get_loss(config.loss.name)
-    conditional = bool(config.model.num_attributes)
-    n_critic = config.train.n_critic
-    aux_weight = config.loss.aux_weight
-    g_aux_weight = config.loss.g_aux_weight
-    aux_reduction = config.loss.aux_reduction
-    aux_on_fake = config.loss.aux_on_fake
-    z_dim = config.model.z_dim
-    ema_decay = config.train.ema_decay
-    # .get: configs saved before these fields existed mean "off".
-    augment = augment_lib.make_augment(config.train.get("diffaugment", ""))
-    r1_gamma = float(config.loss.get("r1_gamma", 0.0))
-    r1_every = int(config.loss.get("r1_every", 1))
-    balanced = float(config.train.get("balanced_requests", 0.0))
-    forced_weight = float(config.train.get("forced_weight", 1.0))
-    guide = make_guidance(config) if conditional else None
-
-    def g_apply(g_params: PyTree, g_vars: PyTree, z: jax.Array, attrs: jax.Array | None):
-        images, updates = generator.apply(
-            {"params": g_params, **g_vars}, z, attrs, train=True, mutable=_MUTABLE
-        )
-        return images, {**g_vars, **updates}
-
-    def d_apply(d_params: PyTree, d_vars: PyTree, images: jax.Array, attrs, key: jax.Array):
-        # Conditional discriminators also see the attributes (projection conditioning).
-        inputs = (images, attrs) if conditional else (images,)
-        (logits, attr_logits), updates = discriminator.apply(
-            {"params": d_params, **d_vars},
-            *inputs,
-            train=True,
-            mutable=_MUTABLE,
-            rngs={"dropout": key},
-        )
-        return logits, attr_logits, {**d_vars, **updates}
-
-    def d_apply_augmented(d_params, d_vars, images, attrs, key: jax.Array):
-        """`d_apply` on DiffAugmented images (the transform drawn from `key`'s own stream)."""
-        if augment is not None:
-            images = augment(jax.random.fold_in(key, _AUGMENT_STREAM), images)
-        return d_apply(d_params, d_vars, images, attrs, key)
-
-    def r1_term(d_params, d_vars, real, real_attrs, key, step):
-        """The lazy R1 term of one D update: r1_every * R1 on R1 steps, else 0 (not computed).
-
-        Uses the same augmentation and dropout draws as the update's real pass; its
-        BatchNorm statistics updates are discarded (the real pass already made them).
-        """
-
-        def penalty(params):
-            def logits_fn(images):
-                return d_apply_augmented(params, d_vars, images, real_attrs, key)[0]
-
-            return r1_every * losses.r1_penalty(logits_fn, real, r1_gamma)
-
-        if r1_every == 1:
-            return penalty(d_params)
-        return jax.lax.cond(
-            step % r1_every == 0, penalty, lambda _: jnp.zeros((), jnp.float32), d_params
-        )
-
-    def d_loss_from_logits(real_out, fake_out, targets, real_attrs, fake_attrs):
-        real_logits, real_attr_logits = real_out
-        fake_logits, fake_attr_logits = fake_out
-        loss = adv.d_loss(real_logits, fake_logits, *targets)
-        if conditional:
-            loss += aux_weight * losses.attribute_loss(real_attr_logits, real_attrs, aux_reduction)
-            if aux_on_fake:
-                loss += aux_weight * losses.attribute_loss(
-                    fake_attr_logits, fake_attrs, aux_reduction
-                )
-        return loss
-
-    def g_loss_from_logits(fake_out, fake_attrs, weights=None):
-        fake_logits, fake_attr_logits = fake_out
-        loss = adv.g_loss(fake_logits)
-        if conditional:
-            loss += g_aux_weight * losses.attribute_loss(
-                fake_attr_logits, fake_attrs, aux_reduction, weights
-            )
-        return loss
-
-    def sample_inputs(key: jax.Array, batch: int, real_attrs: jax.Array | None):
-        k_z, k_attr = jax.random.split(key)
-        z = jax.random.normal(k_z, (batch, z_dim), jnp.float32)  # [B, Z]
-        if not conditional:
-            return z, None, None
-        # Fake attributes are real attribute vectors (shuffled), so the joint
-        # distribution of attributes matches the data's.
-        k_perm, k_bal = jax.random.split(k_attr)
-        attrs = jax.random.permutation(k_perm, real_attrs, axis=0)  # [B, 40]
-        weights = None
-        if balanced:
-            attrs, forced = balance_requests(k_bal, attrs, balanced)
-            if forced_weight != 1.0:
-                # The attribute a request forces weighs `forced_weight` in G's attribute
-                # terms: it wins over the real vector's correlated attributes.
-                weights = jnp.where(forced, forced_weight, 1.0)  # [B, 40]
-        return z, attrs, weights
-
-    def d_update(state: GanState, real, real_attrs, fake, fake_attrs, key):
-        """One D update on real and (detached) fake images; returns (state, metrics)."""
-        k_t, k_real, k_fake = jax.random.split(key, 3)
-        targets = losses.discriminator_targets(k_t, real.shape[0], config.loss)
-
-        def loss_fn(d_params):
-            r_logits, r_attr, d_vars = d_apply_augmented(
-                d_params, state.d_vars, real, real_attrs, k_real
-            )
-            f_logits, f_attr, d_vars = d_apply_augmented(d_params, d_vars, fake, fake_attrs, k_fake)
-            loss = d_loss_from_logits(
-                (r_logits, r_attr), (f_logits, f_attr), targets, real_attrs, fake_attrs
-            )
-            r1 = jnp.zeros((), jnp.float32)
-            if r1_gamma:
-                r1 = r1_term(d_params, state.d_vars, real, real_attrs, k_real, state.step)
-            return loss + r1, (d_vars, r_logits, f_logits, r_attr, loss, r1)
-
-        (_, (d_vars, r_logits, f_logits, r_attr, loss, r1)), grads = jax.value_and_grad(
-            loss_fn, has_aux=True
-        )(state.d_params)
-        updates, d_opt_state = d_tx.update(grads, state.d_opt_state, state.d_params)
-        state = state.replace(
-            d_params=optax.apply_updates(state.d_params, updates),
-            d_vars=d_vars,
-            d_opt_state=d_opt_state,
-        )
-        metrics = {
-            "d_loss": loss,
-            "d_real": jax.nn.sigmoid(r_logits).mean(),
-            "d_fake": jax.nn.sigmoid(f_logits).mean(),
-            "d_grad_norm": optax.global_norm(grads),
-        }
-        if r1_gamma:
-            metrics["d_r1"] = r1
-        if conditional:
-            metrics["d_attr_acc_real"] = ((r_attr > 0) == (real_attrs > 0.5)).mean()
-        return state, metrics
-
-    def g_update(state: GanState, g_grads: PyTree, g_vars: PyTree) -> GanState:
-        updates, g_opt_state = g_tx.update(g_grads, state.g_opt_state, state.g_params)
-        return state.replace(
-            g_params=optax.apply_updates(state.g_params, updates),
-            g_vars=g_vars,
-            g_opt_state=g_opt_state,
-        )
-
-    def alternating(state: GanState, batch: Batch, key: jax.Array):
-        real_all = batch["image"]
-        B = real_all.shape[0] // n_critic
-        attrs_all = batch["attributes"] if conditional else None
-        keys = jax.random.split(key, 2 * n_critic + 1)
-        metrics = {}
-        for i in range(n_critic):
-            real = real_all[i * B : (i + 1) * B]  # [B, H, W, C]
-            real_attrs = attrs_all[i * B : (i + 1) * B] if conditional else None
-            z, fake_attrs, fake_weights = sample_inputs(keys[2 * i], B, real_attrs)
-            if i < n_critic - 1:
-                fake, g_vars = g_apply(state.g_params, state.g_vars, z, fake_attrs)
-                state = state.replace(g_vars=g_vars)
-                state, metrics = d_update(
-                    state,
-                    real,
-                    real_attrs,
-                    jax.lax.stop_gradient(fake),
-                    fake_attrs,
-                    keys[2 * i + 1],
-                )
-                continue
-            # Last critic step: keep G's VJP to reuse this fake batch for the G update.
-            fake, g_vjp, g_vars = jax.vjp(
-                lambda p, z=z, a=fake_attrs, v=state.g_vars: g_apply(p, v, z, a),
-                state.g_params,
-                has_aux=True,
-            )
-            state, metrics = d_update(state, real, real_attrs, fake, fake_attrs, keys[2 * i + 1])
-
-        def g_loss_fn(fake_images):
-            f_logits, f_attr, d_vars = d_apply_augmented(
-                state.d_params, state.d_vars, fake_images, fake_attrs, keys[-1]
-            )
-            loss = g_loss_from_logits((f_logits, f_attr), fake_attrs, fake_weights)
-            guide_loss = jnp.zeros((), jnp.float32)
-            if guide is not None:
-                guide_loss = guide(fake_images, fake_attrs, fake_weights)
-            return loss + guide_loss, (d_vars, guide_loss)
-
-        (g_loss, (d_vars, guide_loss)), fake_grad = jax.value_and_grad(g_loss_fn, has_aux=True)(
-            fake
-        )
-        (g_grads,) = g_vjp(fake_grad)
-        state = g_update(state.replace(d_vars=d_vars), g_grads, g_vars)
-        metrics.update(g_loss=g_loss, g_grad_norm=optax.global_norm(g_grads))
-        if guide is not None:
-            metrics["g_guide"] = guide_loss
-        return state, metrics
-
-    def simultaneous(state: GanState, batch: Batch, key: jax.Array):
-        real = batch["image"]
-        B = real.shape[0]
-        real_attrs = batch["attributes"] if conditional else None
-        k_in, k_t, k_real, k_fake = jax.random.split(key, 4)
-        z, fake_attrs, fake_weights = sample_inputs(k_in, B, real_attrs)
-        targets = losses.discriminator_targets(k_t, B, config.loss)
-        fake, g_vjp, g_vars = jax.vjp(
-            lambda p: g_apply(p, state.g_vars, z, fake_attrs), state.g_params, has_aux=True
-        )
-
-        def d_outputs(d_params, fake_images):
-            r_logits, r_attr, d_vars = d_apply_augmented(
-                d_params, state.d_vars, real, real_attrs, k_real
-            )
-            f_logits, f_attr, d_vars = d_apply_augmented(
-                d_params, d_vars, fake_images, fake_attrs, k_fake
-            )
-            return ((r_logits, r_attr), (f_logits, f_attr)), d_vars
-
-        outs, d_vjp, d_vars = jax.vjp(d_outputs, state.d_params, fake, has_aux=True)
-        d_loss, d_cot = jax.value_and_grad(
-            lambda o: d_loss_from_logits(o[0], o[1], targets, real_attrs, fake_attrs)
-        )(outs)
-        g_loss, g_cot = jax.value_and_grad(
-            lambda o: g_loss_from_logits(o[1], fake_attrs, fake_weights)
-        )(outs)
-        d_grads, _ = d_vjp(d_cot)
-        _, fake_grad = d_vjp(g_cot)
-        if guide is not None:
-            guide_loss, guide_grad = jax.value_and_grad(guide)(fake, fake_attrs, fake_weights)
-            g_loss, fake_grad = g_loss + guide_loss, fake_grad + guide_grad
-        (g_grads,) = g_vjp(fake_grad)
-        if r1_gamma:
-            r1, r1_grads = jax.value_and_grad(r1_term)(
-                state.d_params, state.d_vars, real, real_attrs, k_real, state.step
-            )
-            d_grads = jax.tree.map(jnp.add, d_grads, r1_grads)
-        d_updates, d_opt_state = d_tx.update(d_grads, state.d_opt_state, state.d_params)
-        state = state.replace(
-            d_params=optax.apply_updates(state.d_params, d_updates),
-            d_vars=d_vars,
-            d_opt_state=d_opt_state,
-        )
-        state = g_update(state, g_grads, g_vars)
-        (r_logits, r_attr), (f_logits, _) = outs
-        metrics = {
-            "d_loss": d_loss,
-            "g_loss": g_loss,
-            "d_real": jax.nn.sigmoid(r_logits).mean(),
-            "d_fake": jax.nn.sigmoid(f_logits).mean(),
-            "d_grad_norm": optax.global_norm(d_grads),
-            "g_grad_norm": optax.global_norm(g_grads),
-        }
-        if r1_gamma:
-            metrics["d_r1"] = r1
-        if conditional:
-            metrics["d_attr_acc_real"] = ((r_attr > 0) == (real_attrs > 0.5)).mean()
-        if guide is not None:
-            metrics["g_guide"] = guide_loss
-        return state, metrics
-
-    update = alternating if config.train.schedule == "alternating" else simultaneous
-
-    def train_step(state: GanState, batch: Batch) -> tuple[GanState, Metrics]:
-        key = jax.random.fold_in(state.key, state.step)
-        state, metrics = update(state, batch, key)
-        state = state.replace(
-            step=state.step + 1, examples_seen=state.examples_seen + batch["image"].shape[0]
-        )
-        state = update_ema(state, ema_decay)
-        return state, metrics
-
-    return train_step
+    spec = StepSpec.from_config(config, generator, discriminator, g_tx, d_tx)
+    return functools.partial(train_step, spec)

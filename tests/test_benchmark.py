@@ -55,5 +55,14 @@ def test_benchmark_prints_figures_layer_profile_and_result_lines():
     rows = re.findall(r"^layers: (\w+) .* fwd .* ms .* \| dgrad .* \| wgrad .* ms", out, re.M)
     assert rows.count("FastConvTranspose2x") == 3 and rows.count("FastConvStride2") == 3, out
     assert rows.count("Project4x4") == 1 and rows.count("Conv") == 1, out
+    # Each fast layer names the formulation of its parts on this CPU kind.
+    paths = re.findall(
+        r"^layers: FastConvTranspose2x .* \| fwd (\w+), dgrad lax, wgrad strided-conv", out, re.M
+    )
+    assert len(paths) == 3 and set(paths) <= {"lax", "phases", "s2d"}, out
+    assert (
+        len(re.findall(r"^layers: FastConvStride2 .* \| fwd lax, dgrad s2d, wgrad lax$", out, re.M))
+        == 3
+    )
     result = re.search(r"^RESULT name=train img_per_s=([0-9.]+) batch=8$", out, re.M)
     assert result and float(result.group(1)) > 0, out

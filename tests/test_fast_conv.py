@@ -56,6 +56,7 @@ CASES = [
     ("transpose", (1, 4, 4, 16), 8, False),
     ("transpose", (3, 2, 6, 1), 1, True),
     ("transpose", (2, 3, 2, 5), 17, True),  # wide layer: the phase formulation
+    ("transpose", (2, 6, 8, 5), 17, True),  # wide and > 4 high: space-to-depth on AVX-512
     ("stride2", (1, 2, 2, 3), 5, False),
     ("stride2", (2, 6, 4, 7), 3, True),
     ("stride2", (1, 8, 8, 16), 8, False),
@@ -64,8 +65,35 @@ CASES = [
 ]
 
 
+@pytest.fixture(params=["avx512", "avx2"])
+def isa(request, monkeypatch):
+    """Each CPU kind's formulation table, whatever this machine is."""
+    monkeypatch.setenv(fast_conv.ISA_ENV, request.param)
+    fast_conv.cpu_isa.cache_clear()
+    yield request.param
+    fast_conv.cpu_isa.cache_clear()
+
+
+def test_the_table_picks_each_forward_formulation():
+    picks = {
+        (isa, h, c): fast_conv.transposed_forward(h, c, isa)
+        for isa in ("avx512", "avx2")
+        for h, c in ((4, 256), (8, 128), (16, 64), (32, 3))
+    }
+    assert picks == {
+        ("avx512", 4, 256): "lax",
+        ("avx512", 8, 128): "s2d",
+        ("avx512", 16, 64): "s2d",
+        ("avx512", 32, 3): "lax",
+        ("avx2", 4, 256): "phases",
+        ("avx2", 8, 128): "phases",
+        ("avx2", 16, 64): "phases",
+        ("avx2", 32, 3): "lax",
+    }
+
+
 @pytest.mark.parametrize(("kind", "shape", "features", "use_bias"), CASES)
-def test_fast_layer_matches_plain_forward_and_backward(kind, shape, features, use_bias):
+def test_fast_layer_matches_plain_forward_and_backward(kind, shape, features, use_bias, isa):
     plain, fast = _plain_and_fast(kind, features, use_bias, kernel_init=nn.initializers.normal(1.0))
     kx, kp, kc = jax.random.split(jax.random.key(sum(shape) + features), 3)
     x = jax.random.normal(kx, shape)  # [B, H, W, Cin]
@@ -107,6 +135,7 @@ def test_fast_layer_matches_plain_forward_and_backward(kind, shape, features, us
     [
         (fast_conv.conv_transpose_2x_phases, fast_conv.conv_transpose_2x_lax, (2, 3, 4, 5)),
         (fast_conv.conv_transpose_2x_fused, fast_conv.conv_transpose_2x_lax, (2, 3, 4, 5)),
+        (fast_conv.conv_transpose_2x_s2d, fast_conv.conv_transpose_2x_lax, (2, 3, 4, 5)),
         (fast_conv.conv_stride2_s2d, fast_conv.conv_stride2_lax, (2, 6, 4, 5)),
     ],
 )
@@ -161,3 +190,20 @@ def test_bfloat16_compute_dtype_follows_flax_promotion(kind):
 def test_stride2_rejects_odd_spatial_size_with_clear_message():
     with pytest.raises(ValueError, match="spatial size must be even"):
         FastConvStride2(2).init(jax.random.key(0), jnp.ones((1, 5, 4, 3)))
+
+
+@pytest.mark.parametrize(
+    ("shape", "cout"), [((2, 3, 4, 5), 3), ((3, 6, 2, 7), 20), ((1, 1, 1, 2), 1)]
+)
+def test_transposed_weight_gradient_equals_autodiff_of_the_lax_op(shape, cout):
+    kx, kw, kc = jax.random.split(jax.random.key(cout), 3)
+    x = jax.random.normal(kx, shape)  # [B, H, W, Cin]
+    kernel = jax.random.normal(kw, (4, 4, shape[-1], cout))
+    B, H, W, _ = shape
+    ct = jax.random.normal(kc, (B, 2 * H, 2 * W, cout))
+    _, vjp = jax.vjp(lambda k: fast_conv.conv_transpose_2x_lax(x, k), kernel)
+    (expected,) = vjp(ct)
+    got = jax.jit(fast_conv.conv_transpose_2x_wgrad)(x, ct)
+    assert got.shape == (4, 4, shape[-1], cout)
+    np.testing.assert_allclose(got, expected, rtol=RTOL, atol=ATOL)
+    assert float(jnp.abs(expected).max()) > 0.1  # not vacuous

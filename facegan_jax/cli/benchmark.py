@@ -7,8 +7,9 @@ r"""Benchmarks: train-step, input-pipeline and FID-feature throughput, FLOPs and
 dense layer of G and D, captured with its real input shape at the config's
 batch size, timed alone for its forward pass, input gradient and weight
 gradient, with XLA's FLOP count and GFLOP/s per part (a layer's share of the
-step, and which part of which layer runs far from peak). `--only=fid_layers`
-does the same for the Inception convs of the FID features (forward only).
+step, and which part of which layer runs far from peak), and for the fast
+stride-2 layers the formulation each part took on this CPU (`models/fast_conv.py`).
+`--only=fid_layers` does the same for the Inception convs of the FID features (forward only).
 
 Figures are measured after warm-up and exclude compilation. The train step runs
 on a fixed random batch already on the devices (like the peers in
@@ -238,7 +239,7 @@ def profile_layers(config, reps: int = 5) -> float:
     import jax
     import jax.numpy as jnp
 
-    from facegan_jax.models import build_models
+    from facegan_jax.models import build_models, fast_conv
 
     g, d = build_models(config)
     b, s, c = config.train.batch_size, config.data.image_size, config.data.channels
@@ -260,7 +261,10 @@ def profile_layers(config, reps: int = 5) -> float:
             rate = f" {gflop / ms * 1e3:6.1f} GFLOP/s" if gflop else ""
             cells.append(f"{name} {ms:7.1f} ms{rate}")
         shape = "x".join(map(str, x.shape))
-        print(f"layers: {type(layer).__name__:19s} {path:28s} in {shape:16s} " + " | ".join(cells))
+        kind = type(layer).__name__
+        if kind in ("FastConvTranspose2x", "FastConvStride2"):
+            cells.append(fast_conv.describe(kind, x.shape[1], layer.features))
+        print(f"layers: {kind:19s} {path:28s} in {shape:16s} " + " | ".join(cells))
     print(f"layers: sum of all parts {total:.0f} ms")
     return total
 

@@ -9,10 +9,14 @@ runs fastest:
 
 * `FastConvTranspose2x` == ``nn.ConvTranspose(F, (4, 4), strides=(2, 2),
   padding=((2, 2), (2, 2)))`` (PyTorch ``ConvTranspose2d(k=4, s=2, p=1)``).
-  Sub-pixel (phase) decomposition: each of the four output phases
-  ``(y % 2, x % 2)`` is a 2x2 stride-1 convolution of the input with a 2x2
-  slice of the 4x4 kernel, interleaved by depth-to-space. The input gradient is
-  the plain strided convolution, which XLA:CPU does well.
+  Forward: per layer shape and CPU kind (`transposed_forward`, a table from the
+  per-layer profile, chosen at trace time) the plain lhs-dilated convolution,
+  the sub-pixel (phase) decomposition (each output phase ``(y % 2, x % 2)`` a
+  2x2 stride-1 convolution with a 2x2 slice of the kernel, interleaved by
+  depth-to-space) or the adjoint of the space-to-depth strided convolution. The
+  input gradient is the plain strided convolution, which XLA:CPU does well; the
+  weight gradient is a strided convolution's weight gradient with the roles of
+  input and output swapped (`conv_transpose_2x_wgrad`: 2.5-10x faster).
 * `FastConvStride2` == ``nn.Conv(F, (4, 4), strides=(2, 2), padding=((1, 1),
   (1, 1)))``: plain forward and weight gradient; the input gradient (a
   transposed convolution) via space-to-depth + a 2x2 stride-1 convolution.
@@ -27,6 +31,7 @@ convolutions are fastest with ``XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -149,12 +154,71 @@ def conv_stride2_s2d(x: Array, kernel: Array, precision: Any = None) -> Array:
     )  # [B, H/2, W/2, Cout]
 
 
+def conv_transpose_2x_wgrad(x: Array, ct: Array, precision: Any = None) -> Array:
+    """The kernel gradient of `conv_transpose_2x_lax` as a strided convolution's.
+
+    With the (unflipped) Flax kernel, ``dW[ky, kx, i, o] = sum x[m, l, i] *
+    ct[2m + 2 - ky, 2l + 2 - kx, o]``, which is the kernel gradient ``dV`` of the
+    k4 s2 p1 convolution of ``ct`` (``Cout`` channels in, ``Cin`` out) whose output
+    gradient is ``x``, with taps flipped and channels swapped:
+    ``dW[ky, kx, i, o] = dV[3 - ky, 3 - kx, o, i]``. XLA:CPU computes that strided
+    gradient 2.5-10x faster than the transposed convolution's (per-layer profile).
+
+    Args:
+      x: the layer's input ``[B, H, W, Cin]``.
+      ct: the gradient of its output ``[B, 2H, 2W, Cout]``.
+      precision: passed to the convolution.
+
+    Returns:
+      The kernel gradient ``[4, 4, Cin, Cout]`` (Flax ConvTranspose layout).
+    """
+    cin, cout = x.shape[-1], ct.shape[-1]
+    v = jax.ShapeDtypeStruct((4, 4, cout, cin), ct.dtype)
+    transpose = jax.linear_transpose(lambda v_: conv_stride2_lax(ct, v_, precision), v)
+    (dv,) = transpose(x.astype(ct.dtype))
+    return dv[::-1, ::-1].transpose(0, 1, 3, 2)
+
+
+def conv_transpose_2x_s2d(x: Array, kernel: Array, precision: Any = None) -> Array:
+    """`conv_transpose_2x_lax` as the input gradient of the space-to-depth strided conv.
+
+    The transposed convolution is the adjoint of the k4 s2 p1 convolution with the
+    kernel's taps flipped and channels swapped (``V[3 - ky, 3 - kx, o, i] =
+    W[ky, kx, i, o]``, see `conv_transpose_2x_wgrad`); XLA:CPU runs the adjoint of
+    `conv_stride2_s2d` (a stride-1 2x2 convolution and depth-to-space) fastest for
+    mid-sized layers.
+
+    Args:
+      x: input ``[B, H, W, Cin]``.
+      kernel: Flax ConvTranspose kernel ``[4, 4, Cin, Cout]``.
+      precision: passed to the convolution.
+
+    Returns:
+      ``[B, 2H, 2W, Cout]``, equal to the plain strided transposed convolution.
+    """
+    B, H, W, _ = x.shape
+    cout = kernel.shape[-1]
+    v = kernel[::-1, ::-1].transpose(0, 1, 3, 2)  # [4, 4, Cout, Cin]
+    z = jax.ShapeDtypeStruct((B, 2 * H, 2 * W, cout), x.dtype)
+    (y,) = jax.linear_transpose(lambda z_: conv_stride2_s2d(z_, v, precision), z)(x)
+    return y
+
+
 Formulation = Callable[[Array, Array, Any], Array]
 
 
-def _mixed_vjp(fwd: Formulation, dgrad: Formulation, wgrad: Formulation) -> Formulation:
+WeightGrad = Callable[[Array, Array, Any], Array]  # (x, output gradient, precision) -> dkernel
+
+
+def _mixed_vjp(
+    fwd: Formulation, dgrad: Formulation, wgrad: Formulation | WeightGrad, direct: bool = False
+) -> Formulation:
     """One linear map whose forward, input-gradient and weight-gradient each use the formulation
-    that XLA:CPU runs fastest; all three formulations compute the same function."""
+    that XLA:CPU runs fastest; all three formulations compute the same function.
+
+    With `direct`, `wgrad` is the weight gradient itself (`(x, ct, precision) -> dkernel`),
+    not a formulation to differentiate.
+    """
 
     @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
     def apply(x: Array, kernel: Array, precision: Any) -> Array:
@@ -167,6 +231,8 @@ def _mixed_vjp(fwd: Formulation, dgrad: Formulation, wgrad: Formulation) -> Form
         x, kernel = residuals
         # Each formulation is linear in x and in kernel, so its VJP needs no forward pass.
         dx = jax.vjp(lambda x_: dgrad(x_, kernel, precision), x)[1](ct)[0]
+        if direct:
+            return dx, wgrad(x, ct, precision).astype(kernel.dtype)
         dkernel = jax.vjp(lambda k_: wgrad(x, k_, precision), kernel)[1](ct)[0]
         return dx, dkernel
 
@@ -174,17 +240,56 @@ def _mixed_vjp(fwd: Formulation, dgrad: Formulation, wgrad: Formulation) -> Form
     return apply
 
 
-# Measured on a 2-core AVX-512 XLA:CPU (`python -m facegan_jax.benchmark --only=layers`):
-# with few output
-# channels four phase convolutions starve the vector units, so small layers use other forms.
 _SMALL_COUT = 16
-_conv_transpose_2x_large = _mixed_vjp(
-    conv_transpose_2x_phases, conv_transpose_2x_lax, conv_transpose_2x_phases
-)
-_conv_transpose_2x_small = _mixed_vjp(
-    conv_transpose_2x_lax, conv_transpose_2x_lax, conv_transpose_2x_fused
-)
+_TRANSPOSED_FORWARD: dict[str, Formulation] = {
+    "phases": conv_transpose_2x_phases,
+    "fused": conv_transpose_2x_fused,
+    "lax": conv_transpose_2x_lax,
+    "s2d": conv_transpose_2x_s2d,
+}
+# Each forward formulation with the transposed conv's fast input gradient (the plain
+# strided convolution) and its weight gradient as a strided convolution's.
+_TRANSPOSED = {
+    name: _mixed_vjp(fwd, conv_transpose_2x_lax, conv_transpose_2x_wgrad, direct=True)
+    for name, fwd in _TRANSPOSED_FORWARD.items()
+}
 _conv_stride2 = _mixed_vjp(conv_stride2_lax, conv_stride2_s2d, conv_stride2_lax)
+ISA_ENV = "FACEGAN_CONV_ISA"
+
+
+@functools.cache
+def cpu_isa() -> str:
+    """`avx512` or `avx2` (any other x86 or CPU): which measured table applies.
+
+    From /proc/cpuinfo's flags; the environment variable `FACEGAN_CONV_ISA`
+    overrides it (to compare the tables on one machine).
+    """
+    forced = os.environ.get(ISA_ENV, "")
+    if forced in ("avx512", "avx2"):
+        return forced
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((ln for ln in f if ln.startswith("flags")), "").split()
+    except OSError:
+        flags = []
+    return "avx512" if "avx512f" in flags else "avx2"
+
+
+def transposed_forward(height: int, cout: int, isa: str | None = None) -> str:
+    """The forward formulation `conv_transpose_2x` uses for a ``[B, height, ., .]`` input.
+
+    The table, per layer shape and CPU kind, comes from the per-layer profile
+    (`python -m facegan_jax.benchmark --only=layers`, fwd column). DCGAN-64's
+    layers at batch 64, one thread, ms (lax / phases / s2d):
+    AVX-512 (Xeon, 2026-12): 4x4x512->256 30 / 43 / 46, 8x8x256->128 48 / 51 / 36,
+    16x16x128->64 73 / 103 / 36, 32x32x64->3 8 / 179 / 10;
+    AVX2 (Zen 3, earlier stops): phases for Cout >= 16, lax below.
+    """
+    if cout < _SMALL_COUT:
+        return "lax"
+    if (isa or cpu_isa()) == "avx512":
+        return "lax" if height <= 4 else "s2d"
+    return "phases"
 
 
 def conv_transpose_2x(x: Array, kernel: Array, precision: Any = None) -> Array:
@@ -201,9 +306,20 @@ def conv_transpose_2x(x: Array, kernel: Array, precision: Any = None) -> Array:
     Returns:
       ``[B, 2H, 2W, Cout]``.
     """
-    if kernel.shape[-1] < _SMALL_COUT:
-        return _conv_transpose_2x_small(x, kernel, precision)
-    return _conv_transpose_2x_large(x, kernel, precision)
+    form = transposed_forward(x.shape[1], kernel.shape[-1]) if _on_cpu() else "phases"
+    return _TRANSPOSED[form](x, kernel, precision)
+
+
+def _on_cpu() -> bool:
+    return jax.default_backend() == "cpu"
+
+
+def describe(layer: str, height: int, cout: int) -> str:
+    """Which formulation each part of a fast layer takes here (for the benchmark's profile)."""
+    if layer == "FastConvTranspose2x":
+        fwd = transposed_forward(height, cout) if _on_cpu() else "phases"
+        return f"fwd {fwd}, dgrad lax, wgrad strided-conv [{cpu_isa()}]"
+    return "fwd lax, dgrad s2d, wgrad lax"
 
 
 def conv_stride2(x: Array, kernel: Array, precision: Any = None) -> Array:

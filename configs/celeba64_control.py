@@ -19,8 +19,9 @@ with every conditioning lever a config field:
 * `loss.guide_classifier` / `loss.guide_weight`: a frozen attribute classifier's
   loss on G's images (classifier guidance). Give it a classifier *other* than the
   one that judges the run (another seed and architecture), see README "Attribute
-  control". Weight 0.3: the same control at 30 minutes as weight 1 (0.842 against
-  0.851 / 0.841 on two seeds) with fd_attr 140 instead of 216 / 232 (one seed).
+  control". Weight 0.3: control within ~0.01 of weight 1 (0.842 / 0.825 at 30
+  minutes against 0.851 / 0.841, two seeds each) with fd_attr 140 / 169 instead of
+  216 / 232.
 
 Prepare CelebA and the guide classifier once (README), then train:
 
@@ -31,8 +32,9 @@ Prepare CelebA and the guide classifier once (README), then train:
 Without `loss.guide_classifier` there is no guidance (the other levers stay on).
 
 Measured (one core, judged by an independent classifier; README "Attribute control"):
-mean control over 26 attributes 0.842 at 30 minutes with fd_attr 140 (this config); with
-guide_weight 1: 0.851 / 0.841 at 30 minutes (two seeds), 0.863 at 60 (fd_attr 138).
+mean control over 26 attributes 0.842 / 0.825 at 30 minutes and 0.859 / 0.847 at 60 (two
+seeds, fd_attr 118 / 106 at 60); with guide_weight 1: 0.851 / 0.841 at 30 minutes, 0.863 at
+60 (fd_attr 138).
 Smoke run on the embedded synthetic faces: `--config=configs/celeba64_control.py:runlocal`.
 """
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
 
 from configs import acgan64, default
+from facegan_jax import workdir as workdir_lib
 from facegan_jax.cli import evaluate as evaluate_cli
 from facegan_jax.metrics import evaluation
 from facegan_jax.training import components, train
@@ -90,6 +92,39 @@ def test_evaluate_cli_prints_the_control_table_and_writes_json(
     metrics = json.loads(out.read_text())
     assert metrics["fd_attr"] > 0 and 0 <= metrics["attr_control"]["mean"] <= 1
     assert metrics["prdc"]["precision"] >= 0 and metrics["cond_fd"]["mean"] > 0
+
+
+def test_evaluate_cli_inception_space_fid_and_prdc(
+    acgan_workdir, saved_folder, inception_weights, tmp_path, capsys
+):
+    out = tmp_path / "i.json"
+    args = [
+        f"--workdir={acgan_workdir}",
+        f"--classifier={saved_folder}",
+        "--num-samples=16",
+        "--n-per-side=4",
+        "--batch-size=8",
+        f"--inception-weights={inception_weights}",
+        f"--json={out}",
+    ]
+    assert evaluate_cli.main(args) == 0
+    text = capsys.readouterr().out
+    line = re.search(
+        r"^fid ([0-9.]+)  precision ([0-9.]+)  recall ([0-9.]+)  density ([0-9.]+)  "
+        r"coverage ([0-9.]+)  \(Inception space, 16 vs 16\)$",
+        text,
+        re.M,
+    )
+    assert line, text
+    metrics = json.loads(out.read_text())["inception"]
+    assert metrics["fid"] == pytest.approx(float(line.group(1)), abs=1e-3) and metrics["fid"] > 0
+    assert all(0 <= metrics["prdc"][k] <= 1 for k in ("precision", "recall", "coverage"))
+    cached = list(acgan_workdir.rglob("*_n16_features.npz"))
+    assert len(cached) == 1 and np.load(cached[0])["features"].shape == (16, 2048)
+    # A second evaluation reads the real side from that cache (no Inception params needed).
+    config = workdir_lib.read_config(str(acgan_workdir))
+    again = evaluation.inception_reference(config, None, 16, 8, str(acgan_workdir))
+    np.testing.assert_array_equal(again, np.load(cached[0])["features"])
 
 
 def test_evaluate_cli_bad_input_is_one_line_and_exit_2(acgan_workdir, tmp_path, capsys):

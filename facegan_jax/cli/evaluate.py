@@ -4,7 +4,9 @@
       [--num-samples 1000] [--n-per-side 100] [--json metrics.json]
 
 Prints `fd_attr` (Frechet distance between the attribute classifier's features
-of generated and held-out real images: lower is better) and, for conditional
+of generated and held-out real images: lower is better), precision / recall /
+density / coverage in the classifier's features, with `--inception-weights` FID
+and the same four in Inception's pool3 space, and, for conditional
 models, the attribute-control table: for each attribute the classifier judges
 reliably (validation balanced accuracy >= 0.80), the balanced accuracy with
 which generated images honour that attribute forced on / off, and the mean.
@@ -34,6 +36,11 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--step", type=int, default=None, help="checkpoint step (default latest)")
     parser.add_argument("--json", default=None, help="also write the metrics here")
+    parser.add_argument(
+        "--inception-weights",
+        default=None,
+        help="pytorch-fid Inception weights (.pth): also FID and PRDC in Inception space",
+    )
     errors.add_verbose_flag(parser)
     args = spelling.parse_args(parser, argv)
     for name in ("num_samples", "n_per_side", "batch_size"):
@@ -54,6 +61,11 @@ def _run(args: argparse.Namespace) -> None:
     from facegan_jax.training import components
 
     classifier = attributes.load(args.classifier)
+    inception_params = None
+    if args.inception_weights:
+        from facegan_jax.metrics import inception_weights
+
+        inception_params = inception_weights.load_inception_params(args.inception_weights)
     generate, variables, config = components.load_generator(args.workdir, step=args.step)
     generate = generate.as_batched()  # metrics: the fast batched path
     pool = components.load_attribute_pool(args.workdir) if models.is_conditional(config) else None
@@ -74,6 +86,24 @@ def _run(args: argparse.Namespace) -> None:
     print(f"fd_attr {result['fd_attr']:.3f}  ({args.num_samples} generated vs {len(real)} real)")
     if result["prdc"] is not None:
         print("  ".join(f"{k} {v:.3f}" for k, v in result["prdc"].items()) + "  (classifier space)")
+    if inception_params is not None:
+        real_inception = evaluation.inception_reference(
+            config, inception_params, args.num_samples, args.batch_size, args.workdir
+        )
+        result["inception"] = evaluation.inception_metrics(
+            generate.jitted,
+            variables,
+            inception_params,
+            real_inception,
+            args.num_samples,
+            args.batch_size,
+        )
+        metrics = result["inception"]
+        print(
+            f"fid {metrics['fid']:.3f}  "
+            + "  ".join(f"{k} {v:.3f}" for k, v in metrics["prdc"].items())
+            + f"  (Inception space, {metrics['num_samples']} vs {metrics['num_real']})"
+        )
     control, cond = result["attr_control"], result["cond_fd"]
     if control is not None:
         print(

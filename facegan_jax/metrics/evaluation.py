@@ -254,6 +254,64 @@ def _training_reference(config: Any, params: PyTree, workdir: str) -> dict[str, 
     return ref
 
 
+def inception_reference(
+    config: Any, inception_params: PyTree, num_samples: int, batch_size: int, workdir: str
+) -> np.ndarray:
+    """Inception pool3 features [n, 2048] of the held-out split, cached in the workdir."""
+    data = config.data
+    name = (
+        f"{data.name}_{data.eval_split}_{data.image_size}px_{data.channels}ch_{data.crop}_"
+        f"n{num_samples}_features.npz"
+    ).replace("/", "_")
+    path = fileio.join(workdir_lib.fid_reference_dir(workdir), name)
+    if fileio.exists(path):
+        return fileio.load_npz(path)["features"]
+    dataset = _eval_split(config, batch_size)
+    feats = fid.features_from_images(
+        dataset.as_numpy_iterator(), inception_params, batch_size, max_samples=num_samples
+    )
+    if jax.process_index() == 0:
+        fileio.save_npz(path, features=feats, source=f"{data.name}:{data.eval_split}")
+    return feats
+
+
+def inception_metrics(
+    generate: Callable[[PyTree, jax.Array], jax.Array],
+    gen_variables: PyTree,
+    inception_params: PyTree,
+    real_features: np.ndarray,
+    num_samples: int,
+    batch_size: int,
+    nearest_k: int = 5,
+) -> dict[str, Any]:
+    """FID and precision / recall / density / coverage in Inception's pool3 space.
+
+    Args:
+      generate: `generate(gen_variables, indices) -> [B, H, W, C]` in [-1, 1].
+      gen_variables: the generator's variables (e.g. the EMA ones).
+      inception_params: from `inception_weights.load_inception_params`.
+      real_features: real images' pool3 features [N, 2048] (`inception_reference`).
+      num_samples: images to generate (indices 0..num_samples-1).
+      batch_size: images per call.
+      nearest_k: the k of the PRDC balls.
+
+    Returns:
+      {'fid': float, 'prdc': {...}, 'num_samples': int, 'num_real': int}.
+    """
+    from facegan_jax.metrics import conditional
+
+    mu, sigma, n, fake = generator_stats(
+        generate, gen_variables, inception_params, num_samples, batch_size, keep_features=True
+    )
+    real_mu, real_sigma, _ = fid.stats_from_features(real_features)
+    return {
+        "fid": fid.frechet_distance(mu, sigma, real_mu, real_sigma),
+        "prdc": conditional.prdc(real_features, fake, nearest_k),
+        "num_samples": n,
+        "num_real": len(real_features),
+    }
+
+
 # ----------------------------------------------------------------------------- workdirs
 def workdir_stats(
     workdir: str | os.PathLike,

@@ -25,7 +25,10 @@ from __future__ import annotations
 
 import ml_collections
 
-from configs import acgan64, default
+from facegan_jax.recipes import sibling
+
+acgan64 = sibling(__file__, "acgan64")
+default = sibling(__file__, "default")
 
 
 def apply_control_options(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

@@ -16,7 +16,11 @@ from __future__ import annotations
 
 import ml_collections
 
-from configs import acgan32_control, acgan64, default
+from facegan_jax.recipes import sibling
+
+acgan32_control = sibling(__file__, "acgan32_control")
+acgan64 = sibling(__file__, "acgan64")
+default = sibling(__file__, "default")
 
 
 def get_config(variant: str | None = None) -> ml_collections.ConfigDict:

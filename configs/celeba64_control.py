@@ -42,7 +42,10 @@ from __future__ import annotations
 
 import ml_collections
 
-from configs import celeba64_fast, default
+from facegan_jax.recipes import sibling
+
+celeba64_fast = sibling(__file__, "celeba64_fast")
+default = sibling(__file__, "default")
 
 
 def apply_conditioning(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

@@ -27,8 +27,10 @@ from __future__ import annotations
 
 import ml_collections
 
-from configs import default
 from facegan_jax.models import model_config
+from facegan_jax.recipes import sibling
+
+default = sibling(__file__, "default")
 
 
 def get_config(variant: str | None = None) -> ml_collections.ConfigDict:

@@ -15,7 +15,10 @@ from __future__ import annotations
 
 import ml_collections
 
-from configs import default, hrdcgan256_gray
+from facegan_jax.recipes import sibling
+
+default = sibling(__file__, "default")
+hrdcgan256_gray = sibling(__file__, "hrdcgan256_gray")
 
 
 def get_config(variant: str | None = None) -> ml_collections.ConfigDict:

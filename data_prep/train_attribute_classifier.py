@@ -66,9 +66,9 @@ def data_config(
     Returns:
       An `ml_collections.ConfigDict`.
     """
-    from configs.default import get_config
+    from facegan_jax import recipes
 
-    config = get_config()
+    config = recipes.repo_recipe("default").get_config()
     config.seed = seed
     config.data.name = data
     config.data.tfds_data_dir = tfds_data_dir

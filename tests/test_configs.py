@@ -165,3 +165,21 @@ def test_an_optimizer_field_the_chosen_optimizer_ignores_is_refused_by_name():
     config.d_optimizer.b1 = 0.0
     with pytest.raises(ValueError, match=r"d_optimizer\.b1=0\.0 has no effect .*'rmsprop'"):
         components.create_optimizer(config.d_optimizer, "config.d_optimizer")
+
+
+def test_recipes_load_by_path_from_any_directory_and_configs_is_not_installed(tmp_path):
+    """A recipe that builds on others loads from anywhere; no top-level `configs` is installed."""
+    code = (
+        "import importlib.util, sys\n"
+        "from facegan_jax import recipes\n"
+        f"m = recipes.load({str(REPO_ROOT / 'configs' / 'celeba64_control.py')!r})\n"
+        "c = m.get_config()\n"
+        "print(c.model.g_cond, c.model.num_attributes, c.train.batch_size)\n"
+        "print(importlib.util.find_spec('configs'))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, env=env
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.splitlines() == ["modulate 40 32", "None"], proc.stdout

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 
 from configs import celeba64_control, default
-from facegan_jax import sharding
+from facegan_jax import errors, sharding
 from facegan_jax.metrics import attributes
 from facegan_jax.models import build_models
 from facegan_jax.training import components, train_step
 from facegan_jax.training import train as train_lib
-from tests.helpers import fake_batch
+from tests.helpers import fake_batch, tiny_config
 
 
 def _control_config(**model):
@@ -168,3 +168,15 @@ def test_clock_marks_every_interval_and_stops_at_the_deadline(monkeypatch):
     # Marks at 15, 30, 45 s and the deadline at 60 s (step 120), where it also marks.
     assert seen == [30, 60, 90, 120] and step == 120
     assert train_lib.Clock(0.0, 0.0, 10).active is False
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("loss.aux_weight", 2.0), ("train.balanced_requests", 1.0), ("loss.guide_weight", 0.3)],
+)
+def test_unconditional_model_refuses_a_field_only_conditional_models_read(field, value):
+    config = tiny_config(**{field: value})
+    assert config.model.num_attributes == 0
+    with pytest.raises(errors.ConfigError, match=rf"config\.{field}={value!r} is read only by"):
+        train_step.validate_schedule(config)
+    train_step.validate_schedule(tiny_config())  # the defaults mean "off": accepted

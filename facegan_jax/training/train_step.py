@@ -56,7 +56,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from facegan_jax import models
+from facegan_jax import errors, models
 from facegan_jax.training import augment as augment_lib
 from facegan_jax.training import losses
 from facegan_jax.training.state import GanState
@@ -163,11 +163,35 @@ def make_guidance(config: Any) -> Callable[..., jax.Array] | None:
     return guide
 
 
+# Fields only attribute-conditioned models read, with the values that mean "off"
+# (configs/default.py): an unconditional run that sets one would silently ignore it.
+_CONDITIONAL_ONLY = {
+    ("loss", "aux_weight"): 1.0,
+    ("loss", "g_aux_weight"): 1.0,
+    ("loss", "aux_on_fake"): False,
+    ("loss", "aux_reduction"): "mean",
+    ("loss", "guide_weight"): 0.0,
+    ("loss", "guide_classifier"): None,
+    ("train", "balanced_requests"): 0.0,
+    ("train", "forced_weight"): 1.0,
+}
+
+
 def validate_schedule(config: Any) -> None:
     """Raises a ValueError naming the field if the step's settings are not usable.
 
-    Checks the update schedule, `n_critic`, the DiffAugment policy and the R1 fields.
+    Checks the update schedule, `n_critic`, the DiffAugment policy, the R1 fields and
+    that an unconditional model is given no field only conditional models read.
     """
+    if not models.is_conditional(config):
+        for (section, name), off in _CONDITIONAL_ONLY.items():
+            value = config[section].get(name, off)
+            if value != off and not (off is None and value == ""):
+                raise errors.ConfigError(
+                    f"config.{section}.{name}={value!r} is read only by attribute-conditioned "
+                    f"models (config.model.num_attributes=40); remove it for "
+                    f"{config.model.name!r} with num_attributes=0"
+                )
     if config.train.schedule not in SCHEDULES:
         raise ValueError(
             f"config.train.schedule={config.train.schedule!r} is not known; known: {SCHEDULES}"

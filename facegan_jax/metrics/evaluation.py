@@ -225,14 +225,20 @@ def _eval_split(config: Any, batch_size: int) -> Any:
     return input_pipeline.ordered_dataset(config, config.data.eval_split, batch_size)
 
 
-def _training_reference(config: Any, params: PyTree, workdir: str) -> dict[str, np.ndarray]:
-    """Real-side statistics (and features for KID) of the eval split, cached in the workdir."""
+def _reference_path(config: Any, workdir: str, num_samples: int, suffix: str = "") -> str:
+    """Where a workdir caches Inception statistics or features of the held-out split."""
     data = config.data
     name = (
         f"{data.name}_{data.eval_split}_{data.image_size}px_{data.channels}ch_{data.crop}_"
-        f"n{config.fid.num_samples}.npz"
+        f"n{num_samples}{suffix}.npz"
     ).replace("/", "_")
-    path = fileio.join(workdir_lib.fid_reference_dir(workdir), name)
+    return fileio.join(workdir_lib.fid_reference_dir(workdir), name)
+
+
+def _training_reference(config: Any, params: PyTree, workdir: str) -> dict[str, np.ndarray]:
+    """Real-side statistics (and features for KID) of the eval split, cached in the workdir."""
+    data = config.data
+    path = _reference_path(config, workdir, config.fid.num_samples)
     if fileio.exists(path):
         cached = fileio.load_npz(path)
         return {k: v for k, v in cached.items() if k in ("mu", "sigma", "features")}
@@ -259,11 +265,7 @@ def inception_reference(
 ) -> np.ndarray:
     """Inception pool3 features [n, 2048] of the held-out split, cached in the workdir."""
     data = config.data
-    name = (
-        f"{data.name}_{data.eval_split}_{data.image_size}px_{data.channels}ch_{data.crop}_"
-        f"n{num_samples}_features.npz"
-    ).replace("/", "_")
-    path = fileio.join(workdir_lib.fid_reference_dir(workdir), name)
+    path = _reference_path(config, workdir, num_samples, "_features")
     if fileio.exists(path):
         return fileio.load_npz(path)["features"]
     dataset = _eval_split(config, batch_size)

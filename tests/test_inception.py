@@ -252,20 +252,3 @@ def test_batch_of_one_agrees_with_batch_of_eight(inception_params, inception_exp
         np.testing.assert_allclose(
             np.asarray(feats[0]), inception_expected["pool3"][i], atol=1e-4, rtol=0
         )
-
-
-def test_per_image_convolutions_give_the_batched_features(monkeypatch):
-    """The AVX-512 table's one-image-at-a-time convolutions compute the same pool3 features."""
-    from facegan_jax.models import fast_conv
-
-    images = jax.random.uniform(jax.random.key(0), (3, 64, 64, 3))  # [0, 1]
-    params = inception.InceptionV3().init(jax.random.key(1), images[:1])["params"]
-    features = {}
-    for isa in ("avx512", "avx2"):
-        monkeypatch.setenv(fast_conv.ISA_ENV, isa)
-        fast_conv.cpu_isa.cache_clear()
-        assert inception._per_image((3, 73, 73, 80)) == (isa == "avx512")
-        features[isa] = np.asarray(jax.jit(inception.pool3_features)(params, images))
-    fast_conv.cpu_isa.cache_clear()
-    assert features["avx2"].shape == (3, 2048) and float(np.abs(features["avx2"]).max()) > 0
-    np.testing.assert_allclose(features["avx512"], features["avx2"], rtol=1e-5, atol=1e-6)

@@ -81,43 +81,15 @@ def _conv(
     # every layer runs at 100-170 GFLOP/s on 2 AVX2 cores, while an im2col patch matrix
     # times the kernel (used here before) ran Conv2d_4a at 46 GFLOP/s: 12.5 vs 9.0 img/s
     # for the whole network (`python -m facegan_jax.benchmark --only=fid,fid_layers`).
-
-    def conv(images: jax.Array) -> jax.Array:
-        return lax.conv_general_dilated(
-            images,
-            kernel,
-            window_strides=(strides, strides),
-            padding=((padding[0], padding[0]), (padding[1], padding[1])),
-            dimension_numbers=("NHWC", "HWIO", "NHWC"),
-            precision=_HIGHEST,
-        )
-
-    if _per_image(x.shape):
-        y = lax.map(lambda image: conv(image[None])[0], x)  # same values, one image at a time
-    else:
-        y = conv(x)
-    return jax.nn.relu(y + bias)
-
-
-def _per_image(shape: Sequence[int]) -> bool:
-    """Whether to convolve a batch one image at a time (XLA:CPU on AVX-512, large maps).
-
-    On an AVX-512 Xeon (2026-12) Eigen's convolution of the large early maps ran 1.7-2x
-    faster per image than on the batch of 50 (Conv2d_4a 73x73x80: 1452 -> 807 ms,
-    Conv2d_2a 149x149x32: 786 -> 462 ms, Mixed_6a 35x35x288 stride 2: 647 -> 330 ms; one
-    thread), with bit-identical features; the whole network 6.84 -> 8.33 img/s.
-    `lax.map` keeps one convolution in the program (compiles as fast as the batched one).
-    """
-    from facegan_jax.models import fast_conv
-
-    batch, height, width, channels = shape
-    return (
-        batch > 1
-        and height * width >= 35 * 35
-        and channels >= 32
-        and jax.default_backend() == "cpu"
-        and fast_conv.cpu_isa() == "avx512"
+    y = lax.conv_general_dilated(
+        x,
+        kernel,
+        window_strides=(strides, strides),
+        padding=((padding[0], padding[0]), (padding[1], padding[1])),
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        precision=_HIGHEST,
     )
+    return jax.nn.relu(y + bias)
 
 
 def _max_pool_3x3(x: jax.Array, strides: int, padding: int) -> jax.Array:

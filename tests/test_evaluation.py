@@ -132,3 +132,24 @@ def test_evaluate_cli_bad_input_is_one_line_and_exit_2(acgan_workdir, tmp_path, 
     err = capsys.readouterr().err.strip()
     assert err.startswith("evaluate: error:") and "\n" not in err
     assert evaluate_cli.main([f"--workdir={tmp_path}", f"--classifier={tmp_path}"]) == 2
+
+
+def test_inception_metrics_of_a_generator_that_copies_real_images(inception_params):
+    """Generated == real images: FID ~0 and precision, recall, coverage exactly 1."""
+    import jax.numpy as jnp
+
+    from facegan_jax.metrics import fid
+
+    rng = np.random.default_rng(0)
+    real_u8 = rng.integers(0, 256, (16, 32, 32, 3), dtype=np.uint8)  # [N, H, W, 3]
+    real = jnp.asarray(real_u8, jnp.float32) / 127.5 - 1.0
+
+    def copy(variables, indices):
+        return variables[indices % variables.shape[0]]
+
+    real_features = fid.features_from_images([real_u8], inception_params, 8)
+    metrics = evaluation.inception_metrics(copy, real, inception_params, real_features, 16, 8)
+    assert metrics["num_samples"] == metrics["num_real"] == 16
+    assert abs(metrics["fid"]) < 1e-2, metrics
+    assert metrics["prdc"]["precision"] == metrics["prdc"]["recall"] == 1.0
+    assert metrics["prdc"]["coverage"] == 1.0 and metrics["prdc"]["density"] >= 1.0 / 5

@@ -90,38 +90,6 @@ def conv_transpose_2x_phases(x: Array, kernel: Array, precision: Any = None) -> 
     return y.reshape(B, 2 * H, 2 * W, cout)  # depth-to-space interleave
 
 
-def conv_transpose_2x_fused(x: Array, kernel: Array, precision: Any = None) -> Array:
-    """The phases of `conv_transpose_2x_phases` as one 3x3 convolution to ``4 * Cout`` channels.
-
-    Phase ``(py, px)`` uses the 3x3 taps ``(py + a, px + b)`` of the padded input;
-    the other five taps of its channel block are zero (2.25x the useful FLOPs).
-    Worth it only when ``Cout`` is so small that four separate convolutions
-    cannot use the vector units.
-
-    Args:
-      x: input ``[B, H, W, Cin]``.
-      kernel: Flax ConvTranspose kernel ``[4, 4, Cin, Cout]``.
-      precision: passed to `lax.conv_general_dilated`.
-
-    Returns:
-      ``[B, 2H, 2W, Cout]``, equal to the plain strided transposed convolution.
-    """
-    B, H, W, _ = x.shape
-    cout = kernel.shape[-1]
-    xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))  # [B, H+2, W+2, Cin]
-    blocks = [
-        jnp.pad(kernel[py::2, px::2], ((py, 1 - py), (px, 1 - px), (0, 0), (0, 0)))
-        for py in (0, 1)
-        for px in (0, 1)
-    ]  # 4 x [3, 3, Cin, Cout]
-    k3 = jnp.concatenate(blocks, axis=-1)  # [3, 3, Cin, (py, px, Cout)]
-    y = lax.conv_general_dilated(
-        xp, k3, (1, 1), "VALID", dimension_numbers=_DIMS, precision=precision
-    )  # [B, H, W, 4 * Cout]
-    y = y.reshape(B, H, W, 2, 2, cout).transpose(0, 1, 3, 2, 4, 5)  # [B, H, 2, W, 2, Cout]
-    return y.reshape(B, 2 * H, 2 * W, cout)
-
-
 def conv_stride2_lax(x: Array, kernel: Array, precision: Any = None) -> Array:
     """The plain formulation: Flax's strided ``conv`` (reference and fast fwd/wgrad)."""
     return lax.conv_general_dilated(
@@ -243,7 +211,6 @@ def _mixed_vjp(
 _SMALL_COUT = 16
 _TRANSPOSED_FORWARD: dict[str, Formulation] = {
     "phases": conv_transpose_2x_phases,
-    "fused": conv_transpose_2x_fused,
     "lax": conv_transpose_2x_lax,
     "s2d": conv_transpose_2x_s2d,
 }
@@ -306,19 +273,18 @@ def conv_transpose_2x(x: Array, kernel: Array, precision: Any = None) -> Array:
     Returns:
       ``[B, 2H, 2W, Cout]``.
     """
-    form = transposed_forward(x.shape[1], kernel.shape[-1]) if _on_cpu() else "phases"
-    return _TRANSPOSED[form](x, kernel, precision)
+    return _TRANSPOSED[_forward_here(x.shape[1], kernel.shape[-1])](x, kernel, precision)
 
 
-def _on_cpu() -> bool:
-    return jax.default_backend() == "cpu"
+def _forward_here(height: int, cout: int) -> str:
+    """`transposed_forward` on CPUs; the phase decomposition on other backends."""
+    return transposed_forward(height, cout) if jax.default_backend() == "cpu" else "phases"
 
 
 def describe(layer: str, height: int, cout: int) -> str:
     """Which formulation each part of a fast layer takes here (for the benchmark's profile)."""
     if layer == "FastConvTranspose2x":
-        fwd = transposed_forward(height, cout) if _on_cpu() else "phases"
-        return f"fwd {fwd}, dgrad lax, wgrad strided-conv [{cpu_isa()}]"
+        return f"fwd {_forward_here(height, cout)}, dgrad lax, wgrad strided-conv [{cpu_isa()}]"
     return "fwd lax, dgrad s2d, wgrad lax"
 
 

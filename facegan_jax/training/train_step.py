@@ -416,24 +416,23 @@ def sample_inputs(
     return z, attrs, weights
 
 
+def _optimizer_step(
+    tx: optax.GradientTransformation, params: PyTree, opt_state: PyTree, grads: PyTree
+) -> tuple[PyTree, PyTree]:
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state
+
+
 def apply_d_grads(spec: StepSpec, state: GanState, grads: PyTree, d_vars: PyTree) -> GanState:
     """One optimizer update of D's parameters (and its new variables)."""
-    updates, d_opt_state = spec.d_tx.update(grads, state.d_opt_state, state.d_params)
-    return state.replace(
-        d_params=optax.apply_updates(state.d_params, updates),
-        d_vars=d_vars,
-        d_opt_state=d_opt_state,
-    )
+    params, opt_state = _optimizer_step(spec.d_tx, state.d_params, state.d_opt_state, grads)
+    return state.replace(d_params=params, d_vars=d_vars, d_opt_state=opt_state)
 
 
 def apply_g_grads(spec: StepSpec, state: GanState, grads: PyTree, g_vars: PyTree) -> GanState:
     """One optimizer update of G's parameters (and its new variables)."""
-    updates, g_opt_state = spec.g_tx.update(grads, state.g_opt_state, state.g_params)
-    return state.replace(
-        g_params=optax.apply_updates(state.g_params, updates),
-        g_vars=g_vars,
-        g_opt_state=g_opt_state,
-    )
+    params, opt_state = _optimizer_step(spec.g_tx, state.g_params, state.g_opt_state, grads)
+    return state.replace(g_params=params, g_vars=g_vars, g_opt_state=opt_state)
 
 
 def d_metrics(

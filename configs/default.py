@@ -103,6 +103,9 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     # reliably. Never judge a run with the classifier that guided it.
     loss.guide_classifier = ml_collections.config_dict.placeholder(str)
     loss.guide_weight = 0.0
+    # > 0: guidance is a hinge with this logit margin beyond the classifier's threshold
+    # (no push once an attribute reads clearly); 0: the BCE.
+    loss.guide_margin = 0.0
 
     # ----------------------------------------------------------- optimizers
     def optimizer(lr: float) -> ml_collections.ConfigDict:

@@ -128,6 +128,17 @@ def test_classifier_guidance_is_the_calibrated_bce_and_trains(saved_folder):
     expected = 2.0 * (per * mask).sum(axis=1).mean()
     assert mask.sum() > 0
     np.testing.assert_allclose(float(guide(images, attrs)), expected, rtol=1e-4)
+    # With a margin: the hinge, zero for the attributes read beyond the margin.
+    config.loss.guide_margin = 1.5
+    a = np.asarray(attrs)
+    hinge = a * np.maximum(1.5 - z, 0) + (1 - a) * np.maximum(1.5 + z, 0)
+    assert 0 < ((hinge == 0) & mask).sum() < mask.sum() * 5  # some satisfied, some not
+    np.testing.assert_allclose(
+        float(train_step.make_guidance(config)(images, attrs)),
+        2.0 * (hinge * mask).sum(axis=1).mean(),
+        rtol=1e-4,
+    )
+    config.loss.guide_margin = 0.0
     # The step: finite, logs the guide term, and the weight only enters G's loss.
     results = {}
     for weight in (0.0, 2.0):

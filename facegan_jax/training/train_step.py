@@ -129,12 +129,17 @@ def make_guidance(config: Any) -> Callable[..., jax.Array] | None:
     `data_prep.train_attribute_classifier`) and `config.loss.guide_weight` > 0, G's
     loss adds `guide_weight * BCE(classifier logits - threshold logits, requested
     attributes)`, summed over the attributes that classifier reads reliably and
-    averaged over images. The classifier is frozen (its weights are constants of the
+    averaged over images. With `config.loss.guide_margin` m > 0 the BCE becomes a hinge,
+    `relu(m - z)` for a requested attribute and `relu(m + z)` for an absent one (z: the
+    logit less the calibrated threshold): once the classifier reads the request beyond
+    the margin, guidance stops pushing, so G is not drawn past a clear attribute into
+    exaggerated ones. The classifier is frozen (its weights are constants of the
     compiled step). It must not be the classifier that judges the run: a generator
     can learn to fool the classifier it trained against without drawing the attribute.
     """
     folder = config.loss.get("guide_classifier") or ""
     weight = float(config.loss.get("guide_weight", 0.0))
+    margin = float(config.loss.get("guide_margin", 0.0))
     if not folder or weight == 0:
         return None
     from facegan_jax.data.celeba_attributes import attribute_index
@@ -155,7 +160,10 @@ def make_guidance(config: Any) -> Callable[..., jax.Array] | None:
             x = jax.image.resize(x, shape, "linear", antialias=True)
         logits, _ = net.apply({"params": params}, x)  # [B, 40]
         z = logits - offset  # 0 at the calibrated decision threshold
-        per = attrs * jax.nn.softplus(-z) + (1 - attrs) * jax.nn.softplus(z)  # [B, 40]
+        if margin > 0:
+            per = attrs * jax.nn.relu(margin - z) + (1 - attrs) * jax.nn.relu(margin + z)
+        else:
+            per = attrs * jax.nn.softplus(-z) + (1 - attrs) * jax.nn.softplus(z)  # [B, 40]
         if weights is not None:
             per = per * weights
         return weight * jnp.mean(jnp.sum(per * mask, axis=-1))
@@ -172,6 +180,7 @@ _CONDITIONAL_ONLY = {
     ("loss", "aux_reduction"): "mean",
     ("loss", "guide_weight"): 0.0,
     ("loss", "guide_classifier"): None,
+    ("loss", "guide_margin"): 0.0,
     ("train", "balanced_requests"): 0.0,
     ("train", "forced_weight"): 1.0,
 }
@@ -216,6 +225,9 @@ def validate_schedule(config: Any) -> None:
     guide_weight = config.loss.get("guide_weight", 0.0)
     if not guide_weight >= 0:
         raise ValueError(f"config.loss.guide_weight={guide_weight} must be >= 0")
+    guide_margin = config.loss.get("guide_margin", 0.0)
+    if not guide_margin >= 0:
+        raise ValueError(f"config.loss.guide_margin={guide_margin} must be >= 0 (0: BCE)")
     if config.loss.get("guide_classifier"):
         from facegan_jax.metrics import attributes
 

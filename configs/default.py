@@ -106,6 +106,9 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     # > 0: guidance is a hinge with this logit margin beyond the classifier's threshold
     # (no push once an attribute reads clearly); 0: the BCE.
     loss.guide_margin = 0.0
+    # True: guidance only on the attribute each request forces (train.balanced_requests),
+    # weighted train.forced_weight; False: on every attribute the guide reads reliably.
+    loss.guide_forced_only = False
 
     # ----------------------------------------------------------- optimizers
     def optimizer(lr: float) -> ml_collections.ConfigDict:

@@ -35,6 +35,7 @@ import numpy as np
 
 from facegan_jax import errors
 from facegan_jax.cli import spelling
+from facegan_jax.training import loop
 
 KNOWN_DATA = ("synthetic_faces", "celeba_local")
 LOAD_BATCH = 250
@@ -112,21 +113,6 @@ def load_split(config: Any, split: str, max_examples: int = 0) -> tuple[np.ndarr
     return np.concatenate(images), np.concatenate(labels)
 
 
-def eta_clock() -> Callable[[int, int], str]:
-    """Returns `eta(done, total) -> 'm:ss elapsed, ETA m:ss'`, timed from now."""
-    start = time.perf_counter()
-
-    def mmss(seconds: float) -> str:
-        m, s = divmod(round(seconds), 60)
-        return f"{m}:{s:02d}"
-
-    def eta(done: int, total: int) -> str:
-        elapsed = time.perf_counter() - start
-        return f"{mmss(elapsed)} elapsed, ETA {mmss(elapsed / max(done, 1) * (total - done))}"
-
-    return eta
-
-
 def train(
     data: str,
     tfds_data_dir: str | None,
@@ -200,14 +186,24 @@ def train(
     if pos_weight_max > 0:
         pos_weight = attributes.pos_weights(train_labels.mean(axis=0), pos_weight_max)
     every = log_every or max(1, steps // 20)
-    eta = eta_clock()
+    rates = loop.Progress(steps, batch_size)
+    rates.start(0)
     losses: list[float] = []
 
     def progress(step: int, total: int, loss: float) -> None:
         losses.append(loss)
         if step % every == 0 or step == total:
             mean = float(np.mean(losses[-every:]))
-            log(f"step {step:>6}/{total}  loss {mean:8.4f}  ({eta(step, total)})")
+            measured = rates.rates(step)
+            speed = (
+                ""
+                if measured is None
+                else (
+                    f"  {measured[0]['images_per_sec']:.0f} images/s, "
+                    f"ETA {loop.format_duration(measured[1])}"
+                )
+            )
+            log(f"step {step:>6}/{total}  loss {mean:8.4f}{speed}")
 
     train_config = attributes.TrainConfig(
         image_size=image_size,

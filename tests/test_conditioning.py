@@ -191,3 +191,29 @@ def test_unconditional_model_refuses_a_field_only_conditional_models_read(field,
     with pytest.raises(errors.ConfigError, match=rf"config\.{field}={value!r} is read only by"):
         train_step.validate_schedule(config)
     train_step.validate_schedule(tiny_config())  # the defaults mean "off": accepted
+
+
+def test_forced_only_guidance_weighs_only_the_forced_attribute():
+    config = _control_config()
+    assert config.train.balanced_requests == 1.0 and config.train.forced_weight == 10.0
+    real = (jax.random.uniform(jax.random.PRNGKey(3), (64, 40)) < 0.3).astype(jnp.float32)
+    key = jax.random.PRNGKey(4)
+    both = {}
+    for forced_only in (False, True):
+        config.loss.guide_forced_only = forced_only
+        run = components.build(config)
+        spec = train_step.StepSpec.from_config(
+            config, run.generator, run.discriminator, run.g_tx, run.d_tx
+        )
+        both[forced_only] = jax.device_get(train_step.sample_inputs(spec, key, 64, real))
+    every, only = both[False], both[True]
+    # The same requests and D-term weights either way; one forced entry (10) per row.
+    np.testing.assert_array_equal(every.attrs, only.attrs)
+    np.testing.assert_array_equal(every.weights, only.weights)
+    np.testing.assert_array_equal(every.guide_weights, every.weights)
+    assert ((every.weights == 10.0).sum(axis=1) == 1).all()
+    # Forced-only guidance: the forced entry keeps its weight, every other entry is 0.
+    np.testing.assert_array_equal(only.guide_weights, np.where(every.weights == 10.0, 10.0, 0.0))
+    config.train.balanced_requests = 0.0
+    with pytest.raises(ValueError, match="guide_forced_only=True .*balanced_requests > 0"):
+        train_step.validate_schedule(config)

@@ -127,9 +127,11 @@ def test_directions_errors_are_one_clear_line(tmp_path):
         editing.load_directions(bad)
 
 
-def test_trained_dcgan_eyeglasses_direction_raises_the_classifier_monotonically(tmp_path, capsys):
+def test_trained_dcgan_eyeglasses_direction_raises_the_classifier_monotonically(
+    tmp_path, capsys, synth_tfds_dir
+):
     """The acceptance run, shrunk: DCGAN + classifier trained on synthetic_faces (~50 s CPU)."""
-    tfds_dir, workdir = str(tmp_path / "tfds"), str(tmp_path / "run")
+    tfds_dir, workdir = synth_tfds_dir, str(tmp_path / "run")
     data = {"data.synthetic_num_train": 1000, "data.synthetic_num_eval": 250}
     config = tiny_config(
         **data,

@@ -16,11 +16,11 @@ from facegan_jax.training import components, train
 
 
 @pytest.fixture(scope="module")
-def acgan_workdir(tmp_path_factory, saved_folder):
+def acgan_workdir(tmp_path_factory, saved_folder, synth_tfds_dir):
     """A tiny conditional run (6 steps) on the embedded synthetic faces, attribute metrics on."""
     workdir = tmp_path_factory.mktemp("acgan_run")
     config = acgan64.get_config("runlocal")
-    config.data.tfds_data_dir = str(tmp_path_factory.mktemp("tfds"))
+    config.data.tfds_data_dir = synth_tfds_dir
     config.attr_eval.every_steps = 3
     config.attr_eval.classifier = str(saved_folder)
     train.train_and_evaluate(config, str(workdir))

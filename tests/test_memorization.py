@@ -96,10 +96,10 @@ def test_bad_features_raise_naming_the_argument():
 
 # ----------------------------------------------------------------------------- end to end
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
+def run_dir(tmp_path_factory, synth_tfds_dir):
     """A workdir (config.json only) of the tiny config, and its data: (workdir, train, eval)."""
     root = tmp_path_factory.mktemp("memorization")
-    config = tiny_config(**{"data.tfds_data_dir": str(root / "tfds")})
+    config = tiny_config(**{"data.tfds_data_dir": synth_tfds_dir})
     workdir = root / "run"
     workdir_lib.write_config(str(workdir), config)
 

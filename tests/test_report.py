@@ -23,10 +23,10 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
+def tiny_run(tmp_path_factory, synth_tfds_dir):
     """`configs/default.py:runlocal` trained for its 6 steps, a grid every 3 steps."""
     root = tmp_path_factory.mktemp("report")
-    config = tiny_config(**{"data.tfds_data_dir": str(root / "tfds")})
+    config = tiny_config(**{"data.tfds_data_dir": synth_tfds_dir})
     assert (config.total_steps, config.sample_every_steps, config.log_every_steps) == (6, 3, 2)
     workdir = root / "run"
     train.train_and_evaluate(config, str(workdir))

@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import jax
@@ -21,13 +20,33 @@ pytestmark = pytest.mark.slow
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TOTAL_STEPS = 12
-# sample_every_steps=1 renders a grid every step: slow enough to be killed mid-run.
+KILL_AT = 6  # between the checkpoints of steps 4 and 8
 OVERRIDES = (
     f"--config.total_steps={TOTAL_STEPS}",
     "--config.checkpoint_every_steps=4",
     "--config.log_every_steps=1",
-    "--config.sample_every_steps=1",
+    "--config.sample_every_steps=6",
 )
+# The run to kill: a hook SIGKILLs the process after step KILL_AT, once the checkpoint
+# of step 4 is on disk. Deterministic: no sleeps, no "slow enough to be killed".
+_KILLED_RUN = """
+import os, pathlib, signal, sys, time
+from facegan_jax import runtime
+runtime.setup()
+from facegan_jax.training import train
+from tests.helpers import load_config_file
+
+workdir, *overrides = sys.argv[1:]
+config = load_config_file("configs/default.py:runlocal", *overrides)
+
+def kill(step, state, metrics):
+    if step == KILL_AT:
+        while not pathlib.Path(workdir, "checkpoints", "4").is_dir():  # Orbax's commit
+            time.sleep(0.01)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+train.train_and_evaluate(config, workdir, hooks=[kill])
+""".replace("KILL_AT", str(KILL_AT))
 
 
 @pytest.fixture(scope="module")
@@ -51,40 +70,39 @@ def test_a_killed_and_restarted_run_ends_bit_identical_to_an_uninterrupted_one(t
     reference = tmp_path / "reference"
     train.train_and_evaluate(config, str(reference))
 
-    command = [
-        sys.executable,
-        "-m",
-        "facegan_jax.cli.train",
-        "--config=configs/default.py:runlocal",
-        f"--workdir={tmp_path / 'killed'}",
-        *overrides,
-    ]
     env = {
         **os.environ,
         "JAX_COMPILATION_CACHE_DIR": str(cache_dir),
         "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
     }
-    first = tmp_path / "killed" / "checkpoints" / "4"
-    proc = subprocess.Popen(
-        command, cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    killed = tmp_path / "killed"
+    proc = subprocess.run(
+        [sys.executable, "-c", _KILLED_RUN, str(killed), *overrides],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
-    deadline = time.monotonic() + 300
-    while not first.is_dir() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    _, stderr = proc.communicate(timeout=60)
-    assert proc.returncode == -signal.SIGKILL, stderr.decode()[-3000:]
-    killed_at = checkpointing.create_manager(str(tmp_path / "killed")).latest_step()
-    assert killed_at is not None and killed_at < TOTAL_STEPS
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+    assert checkpointing.create_manager(str(killed)).all_steps() == [4]
 
+    command = [
+        sys.executable,
+        "-m",
+        "facegan_jax.cli.train",
+        "--config=configs/default.py:runlocal",
+        f"--workdir={killed}",
+        *overrides,
+    ]
     restarted = subprocess.run(
         command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600
     )
     assert restarted.returncode == 0, restarted.stderr[-3000:]
-    assert "Resumed from checkpoint step" in restarted.stderr
+    assert "Resumed from checkpoint step 4" in restarted.stderr
 
     want = _final_state(reference, config)
-    got = _final_state(tmp_path / "killed", config)
+    got = _final_state(killed, config)
     assert int(got.examples_seen) == int(want.examples_seen) == TOTAL_STEPS * 8
     leaves_want = jax.tree_util.tree_flatten_with_path(want)[0]
     leaves_got = jax.tree_util.tree_flatten_with_path(got)[0]

@@ -173,7 +173,7 @@ def train_for_marks(
     import jax
 
     from facegan_jax.generation import sampling
-    from facegan_jax.training import components
+    from facegan_jax.training import components, loop
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -190,14 +190,17 @@ def train_for_marks(
     )
 
     records: list[dict[str, Any]] = []
-    start = clock()
-    for step, batch in enumerate(epoch_batches(train_images, per_step, config.seed), start=1):
+
+    def one_step(state: Any, batch: np.ndarray) -> tuple[Any, Any]:
         images = jax.device_put(to_float(batch), run.batch_sharding)
-        state, metrics = run.train_step(state, {"image": images})
+        return run.train_step(state, {"image": images})
+
+    def at_marks(step: int, state: Any, metrics: Any) -> bool:
+        """The deadline hook: samples at each mark passed, True (stop) at the last."""
         jax.block_until_ready(metrics)  # the clock must see finished steps
         elapsed = clock() - start
         if elapsed < marks[len(records)]:
-            continue
+            return False
         final = elapsed >= marks[-1]
         record = dict(
             mark_s=marks[-1] if final else marks[len(records)],
@@ -221,8 +224,17 @@ def train_for_marks(
             f"min={elapsed / 60:.1f} step={step} imgs={record['images']} "
             f"d={record['d_loss']:.3f} g={record['g_loss']:.3f}"
         )
-        if final:
-            break
+        return final
+
+    start = clock()
+    state, _ = loop.run(
+        one_step,
+        state,
+        epoch_batches(train_images, per_step, config.seed),
+        first_step=0,
+        last_step=sys.maxsize,  # the batches never end: the deadline hook stops the loop
+        hooks=[at_marks],
+    )
     write_json(out / "marks.json", records)
     _save_checkpoint(out / "workdir", config, state)
     return records

@@ -57,6 +57,7 @@ from facegan_jax.data.celeba_attributes import (
 )
 from facegan_jax.metrics.fid import frechet_distance
 from facegan_jax.models.fast_conv import FastConvStride2
+from facegan_jax.training import loop
 
 CONFIG_FILE = "classifier.json"
 WEIGHTS_FILE = "weights.msgpack"
@@ -683,16 +684,9 @@ def train_classifier(
         jnp.ones(NUM_ATTRIBUTES) if pos_weight is None else jnp.asarray(pos_weight, jnp.float32)
     )
     key = jax.random.PRNGKey(cfg.seed + 1)
-    iterator = iter(train_batches)
-    loss = jnp.zeros(())
-    for step in range(1, cfg.steps + 1):
-        try:
-            batch = next(iterator)
-        except StopIteration:
-            raise ValueError(
-                f"train_batches ran out after {step - 1} of {cfg.steps} steps; "
-                "pass a repeated dataset"
-            ) from None
+
+    def one_step(state: tuple[Any, Any, int], batch: Mapping[str, Any]) -> tuple[Any, jax.Array]:
+        params, opt_state, step = state
         images = jnp.asarray(batch["image"], jnp.float32)
         if images.shape[1:] != (cfg.image_size, cfg.image_size, 3):
             raise ValueError(
@@ -701,10 +695,24 @@ def train_classifier(
             )
         labels = jnp.asarray(batch["attributes"], jnp.float32)
         params, opt_state, loss = step_fn(
-            params, opt_state, images, labels, jax.random.fold_in(key, step), weight
+            params, opt_state, images, labels, jax.random.fold_in(key, step + 1), weight
         )
-        if progress is not None:
-            progress(step, cfg.steps, float(loss))
+        return (params, opt_state, step + 1), loss
+
+    hooks = []
+    if progress is not None:
+        hooks.append(lambda step, _, loss: progress(step, cfg.steps, float(loss)))
+    try:
+        (params, opt_state, _), _ = loop.run(
+            one_step,
+            (params, opt_state, 0),
+            train_batches,
+            first_step=0,
+            last_step=cfg.steps,
+            hooks=hooks,
+        )
+    except loop.BatchesExhaustedError as e:
+        raise ValueError(f"train_batches: {e}") from None
     classifier = Classifier(
         image_size=cfg.image_size,
         widths=widths,

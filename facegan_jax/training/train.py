@@ -3,9 +3,10 @@
 Owns the run's life cycle: check the config, the data and the workdir; build
 models, optimizers and the mesh; restore the newest intact checkpoint or
 initialise; stream batches from the input pipeline from the saved position;
-run the jitted train step (state donated); write metrics (TensorBoard + log
-lines with steps/s and ETA), sample grids of the fixed control latents, FID,
-and checkpoints; and stop cleanly (checkpoint first) on SIGTERM or Ctrl-C.
+run the jitted train step (state donated) in the one loop (`loop.run`), whose
+hooks write metrics (TensorBoard + log lines with steps/s and ETA), sample grids
+of the fixed control latents, FID, time marks and checkpoints; and stop cleanly
+(checkpoint first) on SIGTERM or Ctrl-C, or when a caller's hook asks.
 
 Robustness rules the loop keeps:
 
@@ -37,7 +38,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -52,7 +53,7 @@ from facegan_jax import workdir as workdir_lib
 from facegan_jax.data import input_pipeline
 from facegan_jax.data.celeba_attributes import NUM_ATTRIBUTES
 from facegan_jax.generation import sampling
-from facegan_jax.training import checkpointing, components, losses
+from facegan_jax.training import checkpointing, components, loop, losses
 from facegan_jax.training import state as state_lib
 from facegan_jax.training import train_step as train_step_lib
 
@@ -126,51 +127,6 @@ class StopRequests:
         return stop
 
 
-class Progress:
-    """Steps/s, images/s and ETA measured between completed steps.
-
-    `start(step)` and `report(step)` must be called when `step` is known to be
-    complete (the loop calls them right after blocking on that step's metrics).
-    With a wall-clock budget (`time_left`, seconds or None), the ETA is whichever
-    ends first: the remaining steps at the measured rate or the budget.
-    """
-
-    def __init__(
-        self,
-        total_steps: int,
-        examples_per_step: int,
-        time_left: Callable[[], float | None] | None = None,
-    ):
-        self.total_steps = total_steps
-        self.examples_per_step = examples_per_step
-        self._time_left = time_left
-        self._mark: tuple[float, int] | None = None
-
-    def start(self, step: int) -> None:
-        self._mark = (time.perf_counter(), step)
-
-    def report(self, step: int) -> dict[str, float] | None:
-        """The rates since the last call (None for the first one); logs the progress line."""
-        now = time.perf_counter()
-        mark, self._mark = self._mark, (now, step)
-        if mark is None or step <= mark[1] or now <= mark[0]:
-            return None
-        rate = (step - mark[1]) / (now - mark[0])
-        eta = (self.total_steps - step) / rate
-        budget = self._time_left() if self._time_left is not None else None
-        if budget is not None:
-            eta = min(eta, max(budget, 0.0))
-        logging.info(
-            "step %d/%d: %.3g steps/s, %.4g images/s, ETA %s",
-            step,
-            self.total_steps,
-            rate,
-            rate * self.examples_per_step,
-            format_duration(eta),
-        )
-        return {"steps_per_sec": rate, "images_per_sec": rate * self.examples_per_step}
-
-
 class Clock:
     """Wall-clock budgets of a run: time-marked checkpoints and a deadline.
 
@@ -222,14 +178,6 @@ class Clock:
             while self._next_mark is not None and self._next_mark <= elapsed:
                 self._next_mark += self.every
         return mark, stop
-
-
-def format_duration(seconds: float) -> str:
-    """`1h02m03s`, `4m05s`, `6s`."""
-    s = round(seconds)
-    h, s = divmod(s, 3600)
-    m, s = divmod(s, 60)
-    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s" if m else f"{s}s"
 
 
 class MetricWindow:
@@ -513,7 +461,11 @@ def _write_report(workdir: str) -> None:
 
 # ------------------------------------------------------------------------------- loop
 def train_and_evaluate(
-    config: Any, workdir: str, *, exit_on_stop: bool = False
+    config: Any,
+    workdir: str,
+    *,
+    exit_on_stop: bool = False,
+    hooks: Sequence[loop.Hook] = (),
 ) -> state_lib.GanState:
     """Trains the GAN described by `config`, writing everything to `workdir`.
 
@@ -525,6 +477,10 @@ def train_and_evaluate(
     logs flushed: otherwise the tf.data iterator's destructor waits for its
     producer threads, which held a stopped DCGAN-64 run 20-35 s after its last
     line (`tools/preemption.py` measures signal-to-exit).
+
+    `hooks` run after the run's own (logging, samples, evaluation, checkpoints, time
+    marks) at every step, as `hook(step, state, metrics)`; True stops the run there
+    (without a checkpoint of its own: add one to the hook if it needs one).
 
     Returns:
       The final training state (or the state at which the run was stopped).
@@ -590,58 +546,76 @@ def train_and_evaluate(
         config.get("checkpoint_every_minutes", 0.0),
         config.log_every_steps,
     )
-    progress = Progress(config.total_steps, step_examples, clock.time_left)
+    progress = loop.Progress(config.total_steps, step_examples, clock.time_left)
     window = MetricWindow()
     in_flight: collections.deque[dict[str, jax.Array]] = collections.deque()
+    last = config.total_steps
+
+    def stop_before(step: int, state: state_lib.GanState) -> bool:
+        while len(in_flight) >= MAX_STEPS_AHEAD:  # bounded run-ahead
+            jax.block_until_ready(in_flight.popleft())
+        # Checked after the wait: a signal that came during it is answered now.
+        if not stop.requested(step):
+            return False
+        logging.warning("%s: checkpointing step %d and stopping", stop.signal_name, step)
+        window.check_finite(manager)
+        checkpointing.save(manager, state, force=True)
+        return True
+
+    def record(step: int, state: state_lib.GanState, metrics: Any) -> None:
+        in_flight.append(metrics)
+        window.add(step, metrics)
+        if step == initial_step + 1:  # compiled and done: the clock starts here
+            jax.block_until_ready(metrics)
+            progress.start(step)
+            clock.start()
+
+    def log_scalars(step: int, state: state_lib.GanState, metrics: Any) -> None:
+        window.check_finite(manager)
+        scalars = window.mean_and_clear()  # step is complete after this
+        scalars.update(progress.report(step) or {})
+        writer.write_scalars(step, {f"train/{k}": v for k, v in scalars.items()})
+        manager.finish_if_done()
+
+    periodic_checkpoint = loop.Periodic(config.checkpoint_every_steps, last, lambda *_: True)
+
+    def checkpoint_and_deadline(step: int, state: state_lib.GanState, metrics: Any) -> bool:
+        mark, deadline = clock.due(step)
+        if mark or deadline:
+            minutes = clock.elapsed() / 60.0
+            logging.info("time mark %.2f min: checkpoint at step %d", minutes, step)
+            writer.write_scalars(step, {"train/minutes": minutes})
+        if periodic_checkpoint.due(step) or mark or deadline:
+            window.check_finite(manager)
+            checkpointing.save(manager, state, force=mark or deadline)
+        if deadline:
+            logging.warning("config.train_minutes reached: stopping at step %d", step)
+        return deadline
+
+    all_hooks: list[loop.Hook] = [
+        record,
+        loop.Periodic(config.log_every_steps, last, log_scalars),
+        loop.Periodic(config.sample_every_steps, last, lambda n, s, _: control(s, n, writer)),
+        *(
+            loop.Periodic(every, last, lambda n, s, _, h=hook: writer.write_scalars(n, h(s)))
+            for every, hook in eval_hooks
+        ),
+        checkpoint_and_deadline,
+        *hooks,
+    ]
     step = initial_step
-
-    def every(n: int) -> bool:
-        return step % n == 0 or step == config.total_steps
-
     logging.info("Training from step %d to %d in %s", step, config.total_steps, workdir)
     try:
         with StopRequests() as stop:
-            while step < config.total_steps:
-                batch = next(batches)
-                while len(in_flight) >= MAX_STEPS_AHEAD:  # bounded run-ahead
-                    jax.block_until_ready(in_flight.popleft())
-                if stop.requested(step):
-                    logging.warning(
-                        "%s: checkpointing step %d and stopping", stop.signal_name, step
-                    )
-                    window.check_finite(manager)
-                    checkpointing.save(manager, state, force=True)
-                    break
-                state, metrics = train_step(state, batch)
-                step += 1
-                in_flight.append(metrics)
-                window.add(step, metrics)
-                if step == initial_step + 1:  # compiled and done: the clock starts here
-                    jax.block_until_ready(metrics)
-                    progress.start(step)
-                    clock.start()
-                if every(config.log_every_steps):
-                    window.check_finite(manager)
-                    scalars = window.mean_and_clear()  # step is complete after this
-                    scalars.update(progress.report(step) or {})
-                    writer.write_scalars(step, {f"train/{k}": v for k, v in scalars.items()})
-                    manager.finish_if_done()
-                if every(config.sample_every_steps):
-                    control(state, step, writer)
-                for every_steps, hook in eval_hooks:
-                    if every(every_steps):
-                        writer.write_scalars(step, hook(state))
-                mark, deadline = clock.due(step)
-                if mark or deadline:
-                    minutes = clock.elapsed() / 60.0
-                    logging.info("time mark %.2f min: checkpoint at step %d", minutes, step)
-                    writer.write_scalars(step, {"train/minutes": minutes})
-                if every(config.checkpoint_every_steps) or mark or deadline:
-                    window.check_finite(manager)
-                    checkpointing.save(manager, state, force=mark or deadline)
-                if deadline:
-                    logging.warning("config.train_minutes reached: stopping at step %d", step)
-                    break
+            state, step = loop.run(
+                train_step,
+                state,
+                batches,
+                first_step=initial_step,
+                last_step=last,
+                hooks=all_hooks,
+                before_step=stop_before,
+            )
             manager.wait_until_finished()  # still answering signals: the last save completes
     except BaseException:
         _finish_saving_quietly(manager)

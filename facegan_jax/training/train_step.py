@@ -48,7 +48,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -181,6 +181,7 @@ _CONDITIONAL_ONLY = {
     ("loss", "guide_weight"): 0.0,
     ("loss", "guide_classifier"): None,
     ("loss", "guide_margin"): 0.0,
+    ("loss", "guide_forced_only"): False,
     ("train", "balanced_requests"): 0.0,
     ("train", "forced_weight"): 1.0,
 }
@@ -228,6 +229,11 @@ def validate_schedule(config: Any) -> None:
     guide_margin = config.loss.get("guide_margin", 0.0)
     if not guide_margin >= 0:
         raise ValueError(f"config.loss.guide_margin={guide_margin} must be >= 0 (0: BCE)")
+    if config.loss.get("guide_forced_only", False) and not balanced > 0:
+        raise ValueError(
+            "config.loss.guide_forced_only=True guides only forced attributes: it needs "
+            "config.train.balanced_requests > 0"
+        )
     if config.loss.get("guide_classifier"):
         from facegan_jax.metrics import attributes
 
@@ -264,6 +270,7 @@ class StepSpec:
     balanced: float
     forced_weight: float
     guide: Callable[..., jax.Array] | None
+    guide_forced_only: bool
 
     @classmethod
     def from_config(
@@ -300,6 +307,7 @@ class StepSpec:
             balanced=float(config.train.get("balanced_requests", 0.0)),
             forced_weight=float(config.train.get("forced_weight", 1.0)),
             guide=make_guidance(config) if conditional else None,
+            guide_forced_only=bool(config.loss.get("guide_forced_only", False)),
         )
 
 
@@ -406,14 +414,23 @@ def g_loss(
     return loss
 
 
+class Requests(NamedTuple):
+    """G's inputs for one batch and the weights of its attribute terms."""
+
+    z: jax.Array  # [B, Z]
+    attrs: jax.Array | None  # requested attributes [B, 40]; None: unconditional
+    weights: jax.Array | None  # [B, 40] weights of D's attribute terms in G's loss; None: 1
+    guide_weights: jax.Array | None  # [B, 40] weights of the guidance terms; None: 1
+
+
 def sample_inputs(
     spec: StepSpec, key: jax.Array, batch: int, real_attrs: jax.Array | None
-) -> tuple[jax.Array, jax.Array | None, jax.Array | None]:
-    """G's inputs for one batch: (z [B, Z], requested attributes, their loss weights)."""
+) -> Requests:
+    """G's inputs for one batch: z, requested attributes and their loss weights."""
     k_z, k_attr = jax.random.split(key)
     z = jax.random.normal(k_z, (batch, spec.z_dim), jnp.float32)  # [B, Z]
     if not spec.conditional:
-        return z, None, None
+        return Requests(z, None, None, None)
     # Fake attributes are real attribute vectors (shuffled), so the joint
     # distribution of attributes matches the data's.
     k_perm, k_bal = jax.random.split(k_attr)
@@ -425,7 +442,12 @@ def sample_inputs(
             # The attribute a request forces weighs `forced_weight` in G's attribute
             # terms: it wins over the real vector's correlated attributes.
             weights = jnp.where(forced, spec.forced_weight, 1.0)  # [B, 40]
-    return z, attrs, weights
+        if spec.guide_forced_only:
+            # Guidance only on the attribute each request forces: the rest of the
+            # vector is left to D, so G is not pushed on 26 attributes per image.
+            forced_only = jnp.where(forced, spec.forced_weight, 0.0)  # [B, 40]
+            return Requests(z, attrs, weights, forced_only)
+    return Requests(z, attrs, weights, weights)
 
 
 def _optimizer_step(
@@ -513,7 +535,7 @@ def alternating_update(
     for i in range(n_critic):
         real = real_all[i * B : (i + 1) * B]  # [B, H, W, C]
         real_attrs = attrs_all[i * B : (i + 1) * B] if spec.conditional else None
-        z, fake_attrs, fake_weights = sample_inputs(spec, keys[2 * i], B, real_attrs)
+        z, fake_attrs, fake_weights, guide_weights = sample_inputs(spec, keys[2 * i], B, real_attrs)
         if i < n_critic - 1:
             fake, g_vars = g_apply(spec, state.g_params, state.g_vars, z, fake_attrs)
             state = state.replace(g_vars=g_vars)
@@ -537,7 +559,7 @@ def alternating_update(
         loss = g_loss(spec, (f_logits, f_attr), fake_attrs, fake_weights)
         guide_loss = jnp.zeros((), jnp.float32)
         if spec.guide is not None:
-            guide_loss = spec.guide(fake_images, fake_attrs, fake_weights)
+            guide_loss = spec.guide(fake_images, fake_attrs, guide_weights)
         return loss + guide_loss, (d_vars, guide_loss)
 
     (loss, (d_vars, guide_loss)), fake_grad = jax.value_and_grad(g_loss_fn, has_aux=True)(fake)
@@ -557,7 +579,7 @@ def simultaneous_update(
     B = real.shape[0]
     real_attrs = batch["attributes"] if spec.conditional else None
     k_in, k_t, k_real, k_fake = jax.random.split(key, 4)
-    z, fake_attrs, fake_weights = sample_inputs(spec, k_in, B, real_attrs)
+    z, fake_attrs, fake_weights, guide_weights = sample_inputs(spec, k_in, B, real_attrs)
     targets = losses.discriminator_targets(k_t, B, spec.loss_config)
     fake, g_vjp, g_vars = jax.vjp(
         lambda p: g_apply(spec, p, state.g_vars, z, fake_attrs), state.g_params, has_aux=True
@@ -576,7 +598,7 @@ def simultaneous_update(
     d_grads, _ = d_vjp(d_cot)
     _, fake_grad = d_vjp(g_cot)
     if spec.guide is not None:
-        guide_loss, guide_grad = jax.value_and_grad(spec.guide)(fake, fake_attrs, fake_weights)
+        guide_loss, guide_grad = jax.value_and_grad(spec.guide)(fake, fake_attrs, guide_weights)
         gl, fake_grad = gl + guide_loss, fake_grad + guide_grad
     (g_grads,) = g_vjp(fake_grad)
     r1 = jnp.zeros((), jnp.float32)

@@ -145,8 +145,9 @@ def train_for_marks(
 ) -> list[dict[str, Any]]:
     """Trains `config` on `train_images` until the last mark, saving samples at marks.
 
-    The wall-clock twin of the peer script's loop: `epoch_batches`, one jitted
-    (donated) `train_step` per batch, and after a step that ends at or past the
+    The wall-clock twin of the peer script's loop, run by the library's one loop
+    (`training.loop.run`, its time marks and deadline one hook): `epoch_batches`, one
+    jitted (donated) `train_step` per batch, and after a step that ends at or past the
     next mark the EMA generator draws `num_samples` images of the fixed latents
     `sampling.latents(components.SAMPLE_SEED, 0..N-1)`, saved as `mark_NN.npy`
     (uint8). As in the peer, a step saves at most once and the save of a step

@@ -109,6 +109,11 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     # True: guidance only on the attribute each request forces (train.balanced_requests),
     # weighted train.forced_weight; False: on every attribute the guide reads reliably.
     loss.guide_forced_only = False
+    # Against adversarial textures: the guide sees a DiffAugment-ed copy of G's images
+    # (a policy as train.diffaugment, e.g. 'translation'; '' none) and/or the images
+    # area-downsampled to guide_resolution (0: as they are).
+    loss.guide_augment = ""
+    loss.guide_resolution = 0
 
     # ----------------------------------------------------------- optimizers
     def optimizer(lr: float) -> ml_collections.ConfigDict:

@@ -12,7 +12,7 @@ from configs import celeba64_control, default
 from facegan_jax import errors, sharding
 from facegan_jax.metrics import attributes
 from facegan_jax.models import build_models
-from facegan_jax.training import components, train_step
+from facegan_jax.training import augment, components, train_step
 from facegan_jax.training import train as train_lib
 from tests.helpers import fake_batch, tiny_config
 
@@ -139,6 +139,28 @@ def test_classifier_guidance_is_the_calibrated_bce_and_trains(saved_folder):
         rtol=1e-4,
     )
     config.loss.guide_margin = 0.0
+    # guide_resolution: the guide sees the 2x2 area means; guide_augment: the augmented copy.
+    config.loss.guide_resolution = 16
+    small = np.asarray(images).reshape(5, 16, 2, 16, 2, 3).mean(axis=(2, 4))
+    up = jax.image.resize(small, (5, 32, 32, 3), "linear", antialias=True)  # as the guide does
+    z16 = classifier.logits(np.asarray(up)) - classifier.threshold_logits
+    per16 = a * np.logaddexp(0, -z16) + (1 - a) * np.logaddexp(0, z16)
+    np.testing.assert_allclose(
+        float(train_step.make_guidance(config)(images, attrs)),
+        2.0 * (per16 * mask).sum(axis=1).mean(),
+        rtol=1e-4,
+    )
+    config.loss.guide_resolution = 0
+    config.loss.guide_augment = "translation"
+    key = jax.random.PRNGKey(7)
+    moved = augment.diff_augment(key, images, "translation")
+    assert not np.allclose(moved, images)
+    np.testing.assert_allclose(
+        float(train_step.make_guidance(config)(images, attrs, None, key)),
+        float(guide(moved, attrs)),
+        rtol=1e-5,
+    )
+    config.loss.guide_augment = ""
     # The step: finite, logs the guide term, and the weight only enters G's loss.
     results = {}
     for weight in (0.0, 2.0):

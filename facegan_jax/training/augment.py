@@ -100,21 +100,21 @@ def cutout(key: jax.Array, x: jax.Array) -> jax.Array:
 _OPS: dict[str, Augment] = {"color": color, "translation": translation, "cutout": cutout}
 
 
-def parse_policy(policy: str) -> tuple[str, ...]:
+def parse_policy(policy: str, field: str = "config.train.diffaugment") -> tuple[str, ...]:
     """The operations of a policy string ('color,translation,cutout'; '' is none).
 
     Raises:
-      ValueError: naming `config.train.diffaugment` for an unknown or repeated operation.
+      ValueError: naming `field` for an unknown or repeated operation.
     """
     names = tuple(name.strip() for name in policy.split(",") if name.strip())
     for name in names:
         if name not in _OPS:
             raise ValueError(
-                f"config.train.diffaugment={policy!r}: unknown operation {name!r}; "
+                f"{field}={policy!r}: unknown operation {name!r}; "
                 f"known: {', '.join(POLICY_NAMES)} (comma-separated, '' disables)"
             )
     if len(set(names)) != len(names):
-        raise ValueError(f"config.train.diffaugment={policy!r} repeats an operation")
+        raise ValueError(f"{field}={policy!r} repeats an operation")
     return names
 
 

@@ -123,7 +123,7 @@ def balance_requests(
 
 
 def make_guidance(config: Any) -> Callable[..., jax.Array] | None:
-    """Classifier guidance: `guide(images, attrs, weights=None) -> loss`, or None when off.
+    """Classifier guidance: `guide(images, attrs, weights=None, key=None) -> loss`, or None.
 
     With `config.loss.guide_classifier` (a folder written by
     `data_prep.train_attribute_classifier`) and `config.loss.guide_weight` > 0, G's
@@ -133,13 +133,21 @@ def make_guidance(config: Any) -> Callable[..., jax.Array] | None:
     `relu(m - z)` for a requested attribute and `relu(m + z)` for an absent one (z: the
     logit less the calibrated threshold): once the classifier reads the request beyond
     the margin, guidance stops pushing, so G is not drawn past a clear attribute into
-    exaggerated ones. The classifier is frozen (its weights are constants of the
-    compiled step). It must not be the classifier that judges the run: a generator
-    can learn to fool the classifier it trained against without drawing the attribute.
+    exaggerated ones. Against adversarial textures (a classifier's input gradient is
+    not a picture of the attribute, and another classifier, the judge, reads such
+    textures too): `config.loss.guide_augment` (a DiffAugment policy, e.g.
+    'translation') shows the guide a randomly augmented copy, so only changes that
+    survive the augmentation are pushed; `config.loss.guide_resolution` r > 0 shows it
+    the image area-downsampled to r x r, so only coarse changes are pushed.
+    The classifier is frozen (its weights are constants of the compiled step). It must
+    not be the classifier that judges the run: a generator can learn to fool the
+    classifier it trained against without drawing the attribute.
     """
     folder = config.loss.get("guide_classifier") or ""
     weight = float(config.loss.get("guide_weight", 0.0))
     margin = float(config.loss.get("guide_margin", 0.0))
+    augment = augment_lib.make_augment(config.loss.get("guide_augment", ""))
+    resolution = int(config.loss.get("guide_resolution", 0))
     if not folder or weight == 0:
         return None
     from facegan_jax.data.celeba_attributes import attribute_index
@@ -153,8 +161,18 @@ def make_guidance(config: Any) -> Callable[..., jax.Array] | None:
     for name in classifier.reliable_attributes():
         mask[attribute_index(name)] = 1.0
 
-    def guide(images: jax.Array, attrs: jax.Array, weights: jax.Array | None = None) -> jax.Array:
+    def guide(
+        images: jax.Array,
+        attrs: jax.Array,
+        weights: jax.Array | None = None,
+        key: jax.Array | None = None,
+    ) -> jax.Array:
         x = images.astype(jnp.float32)
+        if augment is not None:
+            x = augment(key, x)
+        if resolution and x.shape[1] > resolution:
+            f = x.shape[1] // resolution
+            x = x.reshape(x.shape[0], resolution, f, resolution, f, x.shape[3]).mean(axis=(2, 4))
         if x.shape[1] != size:
             shape = (x.shape[0], size, size, x.shape[3])
             x = jax.image.resize(x, shape, "linear", antialias=True)
@@ -182,6 +200,8 @@ _CONDITIONAL_ONLY = {
     ("loss", "guide_classifier"): None,
     ("loss", "guide_margin"): 0.0,
     ("loss", "guide_forced_only"): False,
+    ("loss", "guide_augment"): "",
+    ("loss", "guide_resolution"): 0,
     ("train", "balanced_requests"): 0.0,
     ("train", "forced_weight"): 1.0,
 }
@@ -229,6 +249,14 @@ def validate_schedule(config: Any) -> None:
     guide_margin = config.loss.get("guide_margin", 0.0)
     if not guide_margin >= 0:
         raise ValueError(f"config.loss.guide_margin={guide_margin} must be >= 0 (0: BCE)")
+    augment_lib.parse_policy(config.loss.get("guide_augment", ""), "config.loss.guide_augment")
+    resolution = config.loss.get("guide_resolution", 0)
+    size = config.data.image_size
+    if resolution and not (0 < resolution < size and size % resolution == 0):
+        raise ValueError(
+            f"config.loss.guide_resolution={resolution} must divide "
+            f"config.data.image_size={size} and be smaller (0: off)"
+        )
     if config.loss.get("guide_forced_only", False) and not balanced > 0:
         raise ValueError(
             "config.loss.guide_forced_only=True guides only forced attributes: it needs "
@@ -559,7 +587,8 @@ def alternating_update(
         loss = g_loss(spec, (f_logits, f_attr), fake_attrs, fake_weights)
         guide_loss = jnp.zeros((), jnp.float32)
         if spec.guide is not None:
-            guide_loss = spec.guide(fake_images, fake_attrs, guide_weights)
+            k_guide = jax.random.fold_in(keys[-1], 1)  # leaves every other key as it was
+            guide_loss = spec.guide(fake_images, fake_attrs, guide_weights, k_guide)
         return loss + guide_loss, (d_vars, guide_loss)
 
     (loss, (d_vars, guide_loss)), fake_grad = jax.value_and_grad(g_loss_fn, has_aux=True)(fake)
@@ -598,7 +627,10 @@ def simultaneous_update(
     d_grads, _ = d_vjp(d_cot)
     _, fake_grad = d_vjp(g_cot)
     if spec.guide is not None:
-        guide_loss, guide_grad = jax.value_and_grad(spec.guide)(fake, fake_attrs, guide_weights)
+        k_guide = jax.random.fold_in(k_fake, 1)  # leaves every other key as it was
+        guide_loss, guide_grad = jax.value_and_grad(spec.guide)(
+            fake, fake_attrs, guide_weights, k_guide
+        )
         gl, fake_grad = gl + guide_loss, fake_grad + guide_grad
     (g_grads,) = g_vjp(fake_grad)
     r1 = jnp.zeros((), jnp.float32)

@@ -30,6 +30,9 @@ Prepare CelebA and the guide classifier once (README), then train:
       --config.loss.guide_classifier=attr_guide64
 
 Without `loss.guide_classifier` there is no guidance (the other levers stay on).
+Guidance variants measured and left off (docs/experiments.md, fourth stop): `loss.guide_margin`
+(a hinge), `loss.guide_forced_only`, `loss.guide_augment`, `loss.guide_resolution`; none moved
+the control/realism trade-off at weight 1.
 
 Measured (one core, judged by an independent classifier; README "Attribute control"):
 mean control over 26 attributes 0.842 / 0.825 at 30 minutes and 0.859 / 0.847 at 60 (two

@@ -1,4 +1,4 @@
-"""The training loop: `train_and_evaluate(config, workdir)`.
+"""The GAN training run: `train_and_evaluate(config, workdir)`, its hooks on the one loop.
 
 Owns the run's life cycle: check the config, the data and the workdir; build
 models, optimizers and the mesh; restore the newest intact checkpoint or

@@ -128,8 +128,14 @@ def test_peer_samples_are_moved_per_mark_so_sub_minute_marks_survive(tmp_path):
 
 
 def test_missing_peer_venv_says_how_to_make_it(tmp_path):
+    # A peer script that exists (a fresh clone has no ../shared/peers), a venv that does not.
+    peer = tmp_path / "torch_dcgan_train.py"
+    peer.write_text("")
     with pytest.raises(race.RaceError, match=r"peer venv not found.*-m venv \.venv-peers.*pip"):
-        race.check_peer(str(tmp_path / "no-venv" / "bin" / "python"), race.DEFAULT_PEER)
+        race.check_peer(str(tmp_path / "no-venv" / "bin" / "python"), str(peer))
+    # And a missing peer script is named first.
+    with pytest.raises(race.RaceError, match=r"--peer .*nothing\.py not found"):
+        race.check_peer(str(tmp_path / "no-venv" / "bin" / "python"), str(tmp_path / "nothing.py"))
 
 
 def test_missing_classifier_says_how_to_train_one(tmp_path):

@@ -229,6 +229,7 @@ def test_one_loop_runs_hooks_in_order_and_stops_where_asked():
     # Periodic fires at its period and at the last step; 0 never.
     assert [n for n in range(1, 8) if loop.Periodic(3, 7, None).due(n)] == [3, 6, 7]
     assert not any(loop.Periodic(0, 7, None).due(n) for n in range(1, 8))
+    assert [n for n in range(1, 8) if loop.is_due(n, 3, 7)] == [3, 6, 7]
     # Resuming from step 3 to 5, with a stop request before the fifth step's dispatch.
     state, step = loop.run(
         step_fn,

@@ -76,6 +76,11 @@ def run(
     return state, step
 
 
+def is_due(step: int, every_steps: int, last_step: int) -> bool:
+    """`step` is a multiple of `every_steps` or the last step (`every_steps` <= 0: never)."""
+    return every_steps > 0 and (step % every_steps == 0 or step == last_step)
+
+
 class Periodic:
     """A hook that calls `fn(step, state, metrics)` every `every_steps` steps and at `last_step`.
 
@@ -88,7 +93,7 @@ class Periodic:
         self.fn = fn
 
     def due(self, step: int) -> bool:
-        return self.every_steps > 0 and (step % self.every_steps == 0 or step == self.last_step)
+        return is_due(step, self.every_steps, self.last_step)
 
     def __call__(self, step: int, state: Any, metrics: Any) -> bool | None:
         return self.fn(step, state, metrics) if self.due(step) else None

@@ -577,15 +577,13 @@ def train_and_evaluate(
         writer.write_scalars(step, {f"train/{k}": v for k, v in scalars.items()})
         manager.finish_if_done()
 
-    periodic_checkpoint = loop.Periodic(config.checkpoint_every_steps, last, lambda *_: True)
-
     def checkpoint_and_deadline(step: int, state: state_lib.GanState, metrics: Any) -> bool:
         mark, deadline = clock.due(step)
         if mark or deadline:
             minutes = clock.elapsed() / 60.0
             logging.info("time mark %.2f min: checkpoint at step %d", minutes, step)
             writer.write_scalars(step, {"train/minutes": minutes})
-        if periodic_checkpoint.due(step) or mark or deadline:
+        if loop.is_due(step, config.checkpoint_every_steps, last) or mark or deadline:
             window.check_finite(manager)
             checkpointing.save(manager, state, force=mark or deadline)
         if deadline:

@@ -114,6 +114,10 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     # area-downsampled to guide_resolution (0: as they are).
     loss.guide_augment = ""
     loss.guide_resolution = 0
+    # > 0: guide_weight decays linearly to 0 at this step and guidance is skipped after
+    # it (guidance early, while G learns what each attribute looks like; then D alone,
+    # so realism recovers); 0: constant weight.
+    loss.guide_decay_steps = 0
 
     # ----------------------------------------------------------- optimizers
     def optimizer(lr: float) -> ml_collections.ConfigDict:

@@ -175,6 +175,28 @@ def test_classifier_guidance_is_the_calibrated_bce_and_trains(saved_folder):
     np.testing.assert_allclose(
         results[2.0]["g_loss"], results[0.0]["g_loss"] + results[2.0]["g_guide"], rtol=1e-5
     )
+    # guide_decay_steps=4: the weight falls linearly to 0 at step 4, after which the step
+    # is the unguided one; compared with constant weight at the same step (same keys).
+    config.loss.guide_weight = 2.0
+
+    def metrics_at(decay: int, step: int) -> dict:
+        config.loss.guide_decay_steps = decay
+        run = components.build(config)
+        batch = jax.device_put(fake_batch(config), sharding.batch_sharded(run.mesh))
+        state = run.create_state()
+        state = state.replace(step=jnp.full_like(state.step, step))
+        return jax.device_get(jax.jit(run.train_step_fn())(state, batch)[1])
+
+    constant, halfway = metrics_at(0, 2), metrics_at(4, 2)
+    np.testing.assert_allclose(halfway["g_guide"], 0.5 * constant["g_guide"], rtol=1e-5)
+    constant, after = metrics_at(0, 4), metrics_at(4, 4)
+    assert after["g_guide"] == 0 and constant["g_guide"] > 0
+    np.testing.assert_allclose(after["g_loss"], constant["g_loss"] - constant["g_guide"], rtol=1e-5)
+    np.testing.assert_allclose(after["d_loss"], constant["d_loss"], rtol=1e-6)
+    config.loss.guide_decay_steps = 0
+    scales = [float(train_step.guide_scale(4, jnp.asarray(s))) for s in (0, 1, 4, 9)]
+    assert scales == [1.0, 0.75, 0.0, 0.0]
+    assert float(train_step.guide_scale(0, jnp.asarray(9))) == 1.0
 
 
 def test_guide_classifier_that_is_not_a_folder_is_a_config_error(tmp_path):
@@ -238,4 +260,11 @@ def test_forced_only_guidance_weighs_only_the_forced_attribute():
     np.testing.assert_array_equal(only.guide_weights, np.where(every.weights == 10.0, 10.0, 0.0))
     config.train.balanced_requests = 0.0
     with pytest.raises(ValueError, match="guide_forced_only=True .*balanced_requests > 0"):
+        train_step.validate_schedule(config)
+
+
+def test_guide_decay_steps_must_not_be_negative():
+    config = _control_config()
+    config.loss.guide_decay_steps = -1
+    with pytest.raises(ValueError, match=r"config.loss.guide_decay_steps=.* integer >= 0"):
         train_step.validate_schedule(config)

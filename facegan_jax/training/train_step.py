@@ -202,6 +202,7 @@ _CONDITIONAL_ONLY = {
     ("loss", "guide_forced_only"): False,
     ("loss", "guide_augment"): "",
     ("loss", "guide_resolution"): 0,
+    ("loss", "guide_decay_steps"): 0,
     ("train", "balanced_requests"): 0.0,
     ("train", "forced_weight"): 1.0,
 }
@@ -257,6 +258,11 @@ def validate_schedule(config: Any) -> None:
             f"config.loss.guide_resolution={resolution} must divide "
             f"config.data.image_size={size} and be smaller (0: off)"
         )
+    decay = config.loss.get("guide_decay_steps", 0)
+    if int(decay) != decay or decay < 0:
+        raise ValueError(
+            f"config.loss.guide_decay_steps={decay} must be an integer >= 0 (0: constant)"
+        )
     if config.loss.get("guide_forced_only", False) and not balanced > 0:
         raise ValueError(
             "config.loss.guide_forced_only=True guides only forced attributes: it needs "
@@ -299,6 +305,7 @@ class StepSpec:
     forced_weight: float
     guide: Callable[..., jax.Array] | None
     guide_forced_only: bool
+    guide_decay_steps: int
 
     @classmethod
     def from_config(
@@ -336,6 +343,7 @@ class StepSpec:
             forced_weight=float(config.train.get("forced_weight", 1.0)),
             guide=make_guidance(config) if conditional else None,
             guide_forced_only=bool(config.loss.get("guide_forced_only", False)),
+            guide_decay_steps=int(config.loss.get("guide_decay_steps", 0)),
         )
 
 
@@ -550,6 +558,28 @@ def d_update(
     return state, d_metrics(spec, loss, grads, r_logits, f_logits, r_attr, real_attrs, r1)
 
 
+def guide_scale(decay_steps: int, step: jax.Array) -> jax.Array:
+    """The guidance weight's factor at `step`: 1 without decay, else 1 -> 0 linearly."""
+    if not decay_steps:
+        return jnp.ones((), jnp.float32)
+    return jnp.clip(1.0 - step.astype(jnp.float32) / decay_steps, 0.0, 1.0)
+
+
+def scheduled_guidance(spec: StepSpec, step: jax.Array, images: jax.Array, *args: Any) -> jax.Array:
+    """`spec.guide`'s loss times `guide_scale`; once the factor is 0 the guide is not run."""
+    assert spec.guide is not None
+    if not spec.guide_decay_steps:
+        return spec.guide(images, *args)
+    scale = guide_scale(spec.guide_decay_steps, step)
+    loss = jax.lax.cond(
+        scale > 0,
+        lambda x: spec.guide(x, *args),
+        lambda x: jnp.zeros((), jnp.float32),
+        images,
+    )
+    return scale * loss
+
+
 def alternating_update(
     spec: StepSpec, state: GanState, batch: Batch, key: jax.Array
 ) -> tuple[GanState, Metrics]:
@@ -588,7 +618,9 @@ def alternating_update(
         guide_loss = jnp.zeros((), jnp.float32)
         if spec.guide is not None:
             k_guide = jax.random.fold_in(keys[-1], 1)  # leaves every other key as it was
-            guide_loss = spec.guide(fake_images, fake_attrs, guide_weights, k_guide)
+            guide_loss = scheduled_guidance(
+                spec, state.step, fake_images, fake_attrs, guide_weights, k_guide
+            )
         return loss + guide_loss, (d_vars, guide_loss)
 
     (loss, (d_vars, guide_loss)), fake_grad = jax.value_and_grad(g_loss_fn, has_aux=True)(fake)
@@ -628,9 +660,9 @@ def simultaneous_update(
     _, fake_grad = d_vjp(g_cot)
     if spec.guide is not None:
         k_guide = jax.random.fold_in(k_fake, 1)  # leaves every other key as it was
-        guide_loss, guide_grad = jax.value_and_grad(spec.guide)(
-            fake, fake_attrs, guide_weights, k_guide
-        )
+        guide_loss, guide_grad = jax.value_and_grad(
+            functools.partial(scheduled_guidance, spec, state.step)
+        )(fake, fake_attrs, guide_weights, k_guide)
         gl, fake_grad = gl + guide_loss, fake_grad + guide_grad
     (g_grads,) = g_vjp(fake_grad)
     r1 = jnp.zeros((), jnp.float32)

@@ -193,7 +193,17 @@ def test_classifier_guidance_is_the_calibrated_bce_and_trains(saved_folder):
     assert after["g_guide"] == 0 and constant["g_guide"] > 0
     np.testing.assert_allclose(after["g_loss"], constant["g_loss"] - constant["g_guide"], rtol=1e-5)
     np.testing.assert_allclose(after["d_loss"], constant["d_loss"], rtol=1e-6)
+    # The run switches to the step compiled without the guide at step 4 (also on resume).
+    run = components.build(config)  # guide_decay_steps=4
+    batch = jax.device_put(fake_batch(config), sharding.batch_sharded(run.mesh))
+    step, state = run.scheduled_train_step(3), run.create_state()
+    state, metrics = step(state, batch)  # the 4th step: guided, factor 1/4
+    assert "g_guide" in metrics
+    state, metrics = step(state, batch)
+    assert "g_guide" not in metrics and np.isfinite(float(metrics["g_loss"]))
     config.loss.guide_decay_steps = 0
+    constant_run = components.build(config)
+    assert constant_run.scheduled_train_step(7) is constant_run.train_step
     scales = [float(train_step.guide_scale(4, jnp.asarray(s))) for s in (0, 1, 4, 9)]
     assert scales == [1.0, 0.75, 0.0, 0.0]
     assert float(train_step.guide_scale(0, jnp.asarray(9))) == 1.0

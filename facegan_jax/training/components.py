@@ -117,22 +117,50 @@ class Components:
         rep = self.replicated
         return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=rep), shapes)
 
-    def train_step_fn(self) -> Callable[..., tuple[state_lib.GanState, dict[str, jax.Array]]]:
+    def train_step_fn(
+        self, guided: bool = True
+    ) -> Callable[..., tuple[state_lib.GanState, dict[str, jax.Array]]]:
         """The pure train step (not jitted): for tests that trace or differentiate it."""
         return train_step_lib.make_train_step(
-            self.config, self.generator, self.discriminator, self.g_tx, self.d_tx
+            self.config, self.generator, self.discriminator, self.g_tx, self.d_tx, guided=guided
+        )
+
+    def _jit_step(self, guided: bool) -> Callable[..., tuple[state_lib.GanState, Any]]:
+        rep = self.replicated
+        return jax.jit(
+            self.train_step_fn(guided),
+            in_shardings=(rep, self.batch_sharding),
+            out_shardings=(rep, rep),
+            donate_argnums=(0,),
         )
 
     @functools.cached_property
     def train_step(self) -> Callable[..., tuple[state_lib.GanState, dict[str, jax.Array]]]:
         """`train_step(state, batch) -> (state, metrics)`, jitted over the mesh, state donated."""
-        rep = self.replicated
-        return jax.jit(
-            self.train_step_fn(),
-            in_shardings=(rep, self.batch_sharding),
-            out_shardings=(rep, rep),
-            donate_argnums=(0,),
-        )
+        return self._jit_step(guided=True)
+
+    def scheduled_train_step(
+        self, first_step: int
+    ) -> Callable[..., tuple[state_lib.GanState, dict[str, jax.Array]]]:
+        """`train_step` for a run with `first_step` steps done, called once per step.
+
+        With `config.loss.guide_decay_steps` N, the guided step up to step N and from
+        then on the step without the guide (compiled when first needed), so a decayed
+        guide costs nothing. The step count is kept on the host (no device sync).
+        """
+        decay = int(self.config.loss.get("guide_decay_steps", 0))
+        guided = self.config.loss.get("guide_classifier") and self.config.loss.guide_weight > 0
+        if not decay or not guided:
+            return self.train_step
+        unguided = functools.cache(lambda: self._jit_step(guided=False))
+        done = [first_step]
+
+        def step(state: state_lib.GanState, batch: Any) -> tuple[state_lib.GanState, Any]:
+            fn = self.train_step if done[0] < decay else unguided()
+            done[0] += 1
+            return fn(state, batch)
+
+        return step
 
 
 def build(config: Any, mesh: Mesh | None = None) -> Components:

@@ -540,7 +540,7 @@ def train_and_evaluate(
     control = ControlSampler(config, run.generator, pool, workdir)
     eval_hooks = _make_eval_hooks(config, run.generator, pool, workdir)
 
-    train_step = run.train_step
+    train_step = run.scheduled_train_step(initial_step)  # the guided step, then without
     clock = Clock(
         config.get("train_minutes", 0.0),
         config.get("checkpoint_every_minutes", 0.0),

@@ -566,18 +566,17 @@ def guide_scale(decay_steps: int, step: jax.Array) -> jax.Array:
 
 
 def scheduled_guidance(spec: StepSpec, step: jax.Array, images: jax.Array, *args: Any) -> jax.Array:
-    """`spec.guide`'s loss times `guide_scale`; once the factor is 0 the guide is not run."""
+    """`spec.guide`'s loss times `guide_scale` at `step`.
+
+    From `guide_decay_steps` on the factor is 0 and the run switches to the step built
+    with `guided=False` (`make_train_step`, `Components.scheduled_train_step`), which
+    does not run the guide at all: a `lax.cond` skipping it inside one compiled step
+    made every guided step ~25% slower on CPU.
+    """
     assert spec.guide is not None
     if not spec.guide_decay_steps:
         return spec.guide(images, *args)
-    scale = guide_scale(spec.guide_decay_steps, step)
-    loss = jax.lax.cond(
-        scale > 0,
-        lambda x: spec.guide(x, *args),
-        lambda x: jnp.zeros((), jnp.float32),
-        images,
-    )
-    return scale * loss
+    return guide_scale(spec.guide_decay_steps, step) * spec.guide(images, *args)
 
 
 def alternating_update(
@@ -700,11 +699,15 @@ def make_train_step(
     discriminator: nn.Module,
     g_tx: optax.GradientTransformation,
     d_tx: optax.GradientTransformation,
+    guided: bool = True,
 ) -> Callable[[GanState, Batch], tuple[GanState, Metrics]]:
     """`train_step(state, batch) -> (state, metrics)` for `config` (see the module docstring).
 
     The batch holds `n_critic * B` real images (and attributes); B fake images
-    are generated per D update.
+    are generated per D update. `guided=False`: the step without classifier guidance
+    (what a decayed guide, `config.loss.guide_decay_steps`, leaves).
     """
     spec = StepSpec.from_config(config, generator, discriminator, g_tx, d_tx)
+    if not guided:
+        spec = dataclasses.replace(spec, guide=None)
     return functools.partial(train_step, spec)

@@ -7,8 +7,8 @@ metadata (n, source, resolution, crop, weights sha256), like
 `python -m facegan_jax.fid --save-stats`, and can be passed to that CLI as a source.
 
   python -m data_prep.fid_reference_stats --config=configs/default.py \
-      --split=validation --out=stats/synthetic_val.npz [--num_samples=2048] \
-      [--weights=PATH] [--batch_size=50]
+      --split=validation --out=stats/synthetic_val.npz [--num-samples=2048] \
+      [--weights=PATH] [--batch-size=50]
 
 An existing output file is reused (it is the cache), never overwritten.
 """
@@ -16,20 +16,26 @@ An existing output file is reused (it is the cache), never overwritten.
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any
 
-from absl import app, flags
-from ml_collections import config_flags
-
 from facegan_jax import errors
-from facegan_jax.cli import spelling
+from facegan_jax.cli import args as args_lib
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Run config file (like main's).")
-_SPLIT = flags.DEFINE_string("split", None, "Dataset split (default: config.data.eval_split).")
-_OUT = flags.DEFINE_string("out", None, "Output .npz (default: in the facegan_jax cache dir).")
-_NUM = flags.DEFINE_integer("num_samples", 0, "Images to use (0: the whole split).")
-_WEIGHTS = flags.DEFINE_string("weights", None, "FID Inception weights (default: cache/download).")
-_BATCH = flags.DEFINE_integer("batch_size", 50, "Images per network call.")
+PROG = "fid_reference_stats"
+
+
+def build_parser() -> args_lib.Parser:
+    """The command's flags."""
+    parser = args_lib.Parser(PROG, description=__doc__.splitlines()[0])
+    args_lib.add_config_argument(parser, what="Run")
+    parser.add_argument("--split", help="dataset split (default: config.data.eval_split)")
+    parser.add_argument("--out", help="output .npz (default: in the facegan_jax cache dir)")
+    parser.add_argument("--num-samples", type=int, default=0, help="images (0: whole split)")
+    parser.add_argument("--weights", help="FID Inception weights (default: cache/download)")
+    parser.add_argument("--batch-size", type=int, default=50, help="images per network call")
+    errors.add_verbose_flag(parser)
+    return parser
 
 
 def default_output(config: Any, split: str, num_samples: int) -> str:
@@ -87,29 +93,27 @@ def compute_reference_stats(
     return mu, sigma, n
 
 
-def main(argv: list[str]) -> int:
+def main(argv: list[str] | None = None) -> int:
     """Entry point (see the module docstring); returns the exit status."""
     from facegan_jax import runtime
 
+    args = args_lib.parse_args(build_parser(), argv)
     runtime.setup()
-    del argv
-    config = _CONFIG.value
-    if config is None:
-        raise app.UsageError("--config is required")
-    split = _SPLIT.value or config.data.eval_split
-    out = _OUT.value or default_output(config, split, _NUM.value)
+    config = args.config
+    split = args.split or config.data.eval_split
+    out = args.out or default_output(config, split, args.num_samples)
     if os.path.exists(out):
         print(f"Reusing cached statistics {out}")
         return 0
     try:
         _, _, n = compute_reference_stats(
-            config, split, _NUM.value, _WEIGHTS.value, out, _BATCH.value
+            config, split, args.num_samples, args.weights, out, args.batch_size
         )
     except (ValueError, OSError) as e:
-        return errors.report(e, prog="fid_reference_stats", default_code=errors.EXIT_FAILURE)
+        return errors.report(e, prog=PROG, verbose=args.verbose, default_code=errors.EXIT_FAILURE)
     print(f"Wrote statistics of {n} images of {config.data.name}:{split} to {out}")
     return 0
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=spelling.absl_flags_parser(flags.FLAGS))
+    sys.exit(main())

@@ -22,7 +22,7 @@ import sys
 import tensorflow_datasets as tfds
 
 from facegan_jax import errors, runtime
-from facegan_jax.cli import spelling
+from facegan_jax.cli import args as args_lib
 from facegan_jax.data import celeba_local
 
 
@@ -35,15 +35,15 @@ def main(argv: list[str] | None = None) -> int:
     Returns:
       The exit status (0 success, 2 bad input).
     """
-    parser = argparse.ArgumentParser(
-        prog="python -m data_prep.prepare_celeba",
+    parser = args_lib.Parser(
+        "prepare_celeba",
         description="Build the celeba_local TFDS dataset from the official CelebA files.",
     )
     parser.add_argument("--manual_dir", required=True, help="folder with the downloaded files")
     parser.add_argument("--data_dir", default=None, help="TFDS data_dir (default: TFDS's)")
     parser.add_argument("--no_progress", action="store_true", help="hide the progress bars")
     errors.add_verbose_flag(parser)
-    args = spelling.parse_args(parser, argv)
+    args = args_lib.parse_args(parser, argv)
     runtime.setup()
     return errors.run_command("prepare_celeba", lambda: _run(args), verbose=args.verbose)
 

@@ -13,12 +13,11 @@ defaults the grid shows the first training images. Nothing here uses TensorFlow.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Sequence
 
 from facegan_jax import runtime
-from facegan_jax.cli import spelling
+from facegan_jax.cli import args as args_lib
 from facegan_jax.data import face_renderer
 from facegan_jax.generation import sampling
 
@@ -33,8 +32,8 @@ def main(argv: Sequence[str] | None = None) -> int:
       The exit status (0 success; bad arguments exit with 2 through argparse).
     """
     runtime.setup(tensorflow=False)  # renders with numpy only: TF is never imported
-    parser = argparse.ArgumentParser(
-        prog="python -m data_prep.render_synthetic_faces",
+    parser = args_lib.Parser(
+        "render_synthetic_faces",
         description="Write a preview grid of synthetic_faces renders to a PNG.",
     )
     parser.add_argument("--out", required=True, help="PNG file to write")
@@ -43,7 +42,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--cols", type=int, default=None, help="grid columns (default: square)")
     parser.add_argument("--seed", type=int, default=0, help="dataset seed")
     parser.add_argument("--start", type=int, default=0, help="index of the first face")
-    args = spelling.parse_args(parser, argv)
+    args = args_lib.parse_args(parser, argv)
     for flag in ("num", "cols"):
         value = getattr(args, flag)
         if value is not None and value < 1:

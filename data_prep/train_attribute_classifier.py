@@ -34,7 +34,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np
 
 from facegan_jax import errors
-from facegan_jax.cli import spelling
+from facegan_jax.cli import args as args_lib
 from facegan_jax.training import loop
 
 KNOWN_DATA = ("synthetic_faces", "celeba_local")
@@ -237,8 +237,8 @@ PROG = "train_attribute_classifier"
 
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m data_prep.train_attribute_classifier",
+    parser = args_lib.Parser(
+        "train_attribute_classifier",
         description="Train the CelebA attribute classifier used by the attribute metrics.",
     )
     parser.add_argument("--data", required=True, help="synthetic_faces or celeba_local")
@@ -260,7 +260,7 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--synthetic_num_eval", type=int, default=None)
     parser.add_argument("--out", required=True, help="folder to save the classifier into")
     errors.add_verbose_flag(parser)
-    return spelling.parse_args(parser, argv)
+    return args_lib.parse_args(parser, argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -13,8 +13,9 @@ on stderr (the traceback only with `--verbose`) and returns the exit code:
 that cannot be written or read). Any other exception is a bug and keeps its
 traceback.
 
-`flag_error` turns what absl / ml_collections raise while parsing the command
-line (before `main()` runs) into a `UsageError` naming the flag.
+`flag_error` turns what ml_collections' `config_flags` raises while loading
+`--config` and its `--config.x=v` overrides (`recipes.load_config`) into a
+`UsageError` naming the file, override or field.
 """
 
 from __future__ import annotations
@@ -137,17 +138,6 @@ def add_verbose_flag(parser: Any) -> None:
     )
 
 
-def wants_verbose(argv: Sequence[str]) -> bool:
-    """Whether `--verbose` is on the command line (for errors raised before flags are parsed)."""
-    verbose = False
-    for arg in argv[1:]:
-        if arg in ("--verbose", "--verbose=true", "--verbose=True", "--verbose=1"):
-            verbose = True
-        elif arg in ("--noverbose", "--verbose=false", "--verbose=False", "--verbose=0"):
-            verbose = False
-    return verbose
-
-
 def _config_overrides(argv: Sequence[str], flag: str) -> list[str]:
     """The `--config.a.b=v` / `--config.a.b v` arguments of `argv`, as written."""
     out = []
@@ -230,9 +220,6 @@ def _flag_error(
         last = [line.strip() for line in text.splitlines() if line.strip()][-1]
         last = re.sub(r"^(\w+\.)*(ValueError|TypeError):\s*", "", last)
         return UsageError(f"{spec}: {last}")
-    required = re.search(r"Flag (--\w+) must have a value other than None", text)
-    if required:
-        return UsageError(f"{required.group(1)} is required (see --helpshort)")
     bad_value = re.match(r"flag --(\S+?)=", text)
     kind = flag_type(bad_value.group(1)) if bad_value else None
     text = re.sub(r"^flag (--\S+?=[^:]*): ", r"\1: ", one_line(text))
@@ -240,4 +227,4 @@ def _flag_error(
         text += f" (--{bad_value.group(1)} takes a value of type {kind})"
     if isinstance(exc, (KeyError, AttributeError, SyntaxError, NameError, ImportError)):
         text = f"{spec}: {type(exc).__name__}: {text}"
-    return UsageError(f"{text} (see --helpfull)" if "Unknown command line flag" in text else text)
+    return UsageError(text)

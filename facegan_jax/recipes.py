@@ -1,4 +1,5 @@
-"""Recipe files (`configs/*.py`) loaded by path, as `--config=configs/x.py` loads them.
+"""Recipe files (`configs/*.py`) loaded by path, and the one way to load a run config
+(`load_config`: `--config=configs/x.py[:variant]` with `--config.a.b=v` overrides).
 
 `configs/` is a folder of recipe files next to the package, not an installed
 package: a generic top-level `configs` in site-packages would collide with any
@@ -11,7 +12,9 @@ from __future__ import annotations
 import importlib.util
 import os
 import sys
+from collections.abc import Sequence
 from types import ModuleType
+from typing import Any
 
 _PREFIX = "_facegan_recipe_"
 
@@ -59,3 +62,34 @@ def repo_recipe(name: str) -> ModuleType:
             "(install with `pip install -e .` from a clone)"
         )
     return load(path)
+
+
+def load_config(spec: str, overrides: Sequence[str] = (), *, lock: bool = True) -> Any:
+    """The ConfigDict of `--config=spec` with `--config.a.b=v` overrides, as every command loads it.
+
+    `spec` is a recipe file, optionally `file.py:variant`; the overrides are parsed by
+    ml_collections' `config_flags` (typed, and the config is locked, so a misspelt
+    field is an error).
+
+    Raises:
+      errors.UsageError: one line naming the file, the override or the field.
+    """
+    from absl import flags
+    from ml_collections import config_flags
+
+    from facegan_jax import errors
+
+    argv = ["facegan", f"--config={spec}", *overrides]
+    values = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", flag_values=values, lock_config=lock, sys_argv=argv)
+
+    def flag_type(name: str) -> str | None:
+        return values[name].flag_type() if name in values else None
+
+    try:
+        values(argv)
+        config = values.config
+        config.get("seed")  # ml_collections defers a config file's load errors to here
+    except Exception as e:  # anything raised while parsing is about the command line
+        raise errors.flag_error(e, argv, flag_type=flag_type) from e
+    return config

@@ -8,8 +8,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import flags
-from ml_collections import config_flags
 
 from configs import default
 
@@ -39,13 +37,9 @@ def load_config_file(spec: str, *overrides: str) -> Any:
       spec: the `--config` value (a path, optionally with `:variant`).
       overrides: further flags such as `--config.total_steps=5`.
     """
-    argv = ["test", f"--config={spec}", *overrides]
-    flag_values = flags.FlagValues()
-    config_flags.DEFINE_config_file(
-        "config", flag_values=flag_values, lock_config=True, sys_argv=argv
-    )
-    flag_values(argv)
-    return flag_values.config
+    from facegan_jax import recipes
+
+    return recipes.load_config(spec, overrides)
 
 
 def make_workdir(path: Path, config: Any, pool: np.ndarray | None = None) -> str:

@@ -1,12 +1,14 @@
-"""Either spelling of a flag works in every command (`--batch-size` == `--batch_size`)."""
+"""Every command parses flags one way (`cli/args.py`): either spelling, `--config` overrides,
+one-line usage errors."""
 
 from __future__ import annotations
 
-import argparse
+import pytest
 
-from absl import flags
-
-from facegan_jax.cli import spelling
+from facegan_jax import errors
+from facegan_jax.cli import args as args_lib
+from facegan_jax.cli import benchmark, train
+from tests.conftest import REPO_ROOT
 
 
 def test_normalize_rewrites_only_known_flags_before_a_bare_double_dash():
@@ -20,7 +22,7 @@ def test_normalize_rewrites_only_known_flags_before_a_bare_double_dash():
         "--config.data.tfds_data_dir=x",
     ]
     argv += ["--unknown_flag", "--", "--batch_size"]
-    assert spelling.normalize(argv, known) == [
+    assert args_lib.normalize(argv, known) == [
         "--batch-size=8",
         "--out-dir",
         "d",
@@ -33,17 +35,54 @@ def test_normalize_rewrites_only_known_flags_before_a_bare_double_dash():
     ]
 
 
-def test_argparse_and_absl_commands_accept_both_spellings():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--batch-size", type=int)
-    assert spelling.parse_args(parser, ["--batch_size", "7"]).batch_size == 7
-    assert spelling.parse_args(parser, ["--batch-size=9"]).batch_size == 9
+def test_either_spelling_and_config_overrides_in_both_forms():
+    parser = train.build_parser()
+    args = args_lib.parse_args(
+        parser,
+        [
+            f"--config={REPO_ROOT}/configs/default.py:runlocal",
+            "--workdir",
+            "w",
+            "--num_processes=2",
+            "--process-id",
+            "1",
+            "--config.train.batch_size",
+            "6",
+            "--config.seed=5",
+        ],
+    )
+    assert (args.workdir, args.num_processes, args.process_id) == ("w", 2, 1)
+    assert args.config.train.batch_size == 6 and args.config.seed == 5
+    assert args.config.data.name == "synthetic_faces"  # the :runlocal variant
+    with pytest.raises(AttributeError):  # locked, like main's config always was
+        args.config.new_field = 1
+    bench = args_lib.parse_args(benchmark.build_parser(), ["--only=train,layers", "--fid_batch=7"])
+    assert bench.only == ["train", "layers"] and bench.fid_batch == 7
+    assert bench.config.model.name == "dcgan"  # the default recipe, configs/dcgan64.py
 
-    values = flags.FlagValues()
-    flags.DEFINE_integer("num_samples", 0, "", flag_values=values)
-    flags.DEFINE_bool("no_progress", False, "", flag_values=values)
-    spelling.absl_flags_parser(values)(["prog", "--num-samples=5", "--no-progress"])
-    flags.DEFINE_bool("verbose", True, "", flag_values=values)
-    spelling.absl_flags_parser(values)(["prog", "--no-verbose"])
-    assert not values.verbose
-    assert values.num_samples == 5 and values.no_progress
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--workdir=w"], "train: error: the following arguments are required: --config"),
+        (
+            ["--config=configs/default.py", "--workdir=w", "--config.train.batch_sise=3"],
+            "train: error: --config.train.batch_sise=3: config.train.batch_sise is not a config "
+            "field (did you mean config.train.batch_size?)",
+        ),
+        (
+            ["--config=configs/nothing.py", "--workdir=w"],
+            "train: error: --config=configs/nothing.py: cannot load the config file",
+        ),
+        (["--config=configs/default.py", "--wrokdir=w"], "train: error: the following arguments"),
+        (["--only=trian"], "benchmark: error: argument --only: 'trian': choose from train"),
+    ],
+)
+def test_mistakes_are_one_line_with_exit_code_2(argv, message, capsys, monkeypatch):
+    monkeypatch.chdir(REPO_ROOT)
+    parser = benchmark.build_parser() if argv[0].startswith("--only") else train.build_parser()
+    with pytest.raises(SystemExit) as exit_info:
+        args_lib.parse_args(parser, argv)
+    assert exit_info.value.code == errors.EXIT_USAGE
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(message), err

@@ -278,17 +278,13 @@ def test_hrdcgan256_full_size_has_the_extra_stride1_convs(recipe, channels):
 
 _LOAD_BY_PATH = """
 import json, sys
-from absl import flags
-from ml_collections import config_flags
+from facegan_jax import recipes
 out = {}
 root, names = sys.argv[1], sys.argv[2:]
 for name in names:
     for variant in ("", ":runlocal"):
         spec = root + "/configs/" + name + ".py" + variant
-        flag_values = flags.FlagValues()  # what --config does
-        config_flags.DEFINE_config_file("config", flag_values=flag_values)
-        flag_values(["prog", "--config=" + spec])
-        c = flag_values.config
+        c = recipes.load_config(spec)  # what --config does
         out[name + variant] = [c.model.name, c.data.image_size, c.data.channels]
 print(json.dumps(out))
 """

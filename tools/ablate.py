@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 
 from facegan_jax import errors
+from facegan_jax.cli import args as args_lib
 from facegan_jax.errors import RaceError
 from tools import race_data, wallclock
 from tools.wallclock import mark_label
@@ -117,10 +118,9 @@ def split_variants(
 
 def build_parser() -> argparse.ArgumentParser:
     """Everything but `--variant` and `--config.x=v` (see `split_variants`)."""
-    parser = argparse.ArgumentParser(
-        prog="python -m tools.ablate",
+    parser = args_lib.Parser(
+        "ablate",
         description=__doc__.splitlines()[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
         allow_abbrev=False,
     )
     parser.add_argument("--minutes", type=float, default=30.0, help="training budget per variant")

@@ -23,7 +23,6 @@ the machine is doing. Run it on an idle machine.
 
 from __future__ import annotations
 
-import argparse
 import os
 import re
 import signal
@@ -32,6 +31,8 @@ import sys
 import tempfile
 import threading
 import time
+
+from facegan_jax.cli import args as args_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _STEP_RE = re.compile(r"step (\d+)/\d+:")
@@ -124,14 +125,14 @@ def _verified(workdir: str, step: int) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     """Runs the benchmark; exit code 1 when a repeat missed `--limit` or saved nothing."""
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p = args_lib.Parser("preemption", description=__doc__)
     p.add_argument("--config", default="configs/dcgan64.py")
     p.add_argument("--after-steps", type=int, default=20)
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--data-dir", default=None, help="config.data.tfds_data_dir")
     p.add_argument("--limit", type=float, default=10.0, help="seconds from SIGTERM to exit")
     p.add_argument("--verbose", action="store_true", help="print the log tail of each run")
-    args = p.parse_args(argv)
+    args = args_lib.parse_args(p, argv)
     ok = True
     print(f"SIGTERM after {args.after_steps} steps of {args.config} (limit {args.limit:.0f} s)")
     print("  run  startup  ->checkpoint line  ->done line  ->exit  code  checkpoint")

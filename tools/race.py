@@ -67,6 +67,7 @@ from typing import Any
 import numpy as np
 
 from facegan_jax import errors
+from facegan_jax.cli import args as args_lib
 from facegan_jax.errors import RaceError
 from tools import race_data, wallclock
 from tools.wallclock import mark_label
@@ -358,10 +359,9 @@ def write_report(out: Path, scored: dict[str, Any], meta: dict[str, Any], log=pr
 # ----------------------------------------------------------------------------- CLI
 def build_parser() -> argparse.ArgumentParser:
     """The race's command line (unknown `--config.x=v` arguments are config overrides)."""
-    parser = argparse.ArgumentParser(
-        prog="python -m tools.race",
+    parser = args_lib.Parser(
+        "race",
         description=__doc__.splitlines()[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
         allow_abbrev=False,
     )
     parser.add_argument("--minutes", type=float, default=30.0, help="training budget per side")

@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from facegan_jax import errors
-from facegan_jax.cli import spelling
+from facegan_jax.cli import args as args_lib
 
 PROG = "vs_peers"
 _RESULT = re.compile(r"RESULT name=(\S+) img_per_s=([0-9.]+)")
@@ -116,7 +116,7 @@ def compare(what: str, cmds: dict[str, list[str]], rounds: int) -> tuple[float, 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tools.vs_peers", description=__doc__)
+    parser = args_lib.Parser("vs_peers", description=__doc__)
     parser.add_argument("--what", default="train,fid", help="comma-separated: train, fid")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--config", default="configs/dcgan64.py", help="our train recipe")
@@ -132,7 +132,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     errors.add_verbose_flag(parser)
-    args = spelling.parse_args(parser, argv)
+    args = args_lib.parse_args(parser, argv)
     return errors.run_command(PROG, lambda: _run(args), verbose=args.verbose)
 
 

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from facegan_jax import errors, models
+from facegan_jax.cli import args as args_lib
 from facegan_jax.errors import RaceError
 from tools.race_data import IMAGE_SIZE, to_float
 
@@ -77,21 +78,12 @@ def load_config(spec: str, overrides: Sequence[str] = ()) -> Any:
     Raises:
       RaceError: the file or an override cannot be loaded (names it).
     """
-    from absl import flags
-    from ml_collections import config_flags
+    from facegan_jax import recipes
 
-    argv = ["wallclock", f"--config={spec}", *overrides]
-    flag_values = flags.FlagValues()
-    config_flags.DEFINE_config_file(
-        "config", flag_values=flag_values, lock_config=True, sys_argv=argv
-    )
     try:
-        flag_values(argv)
-        config = flag_values.config
-        config.get("seed")  # ml_collections defers file load errors to first access
-    except Exception as e:  # anything raised while parsing is about the command line
-        raise RaceError(errors.one_line(errors.flag_error(e, argv))) from None
-    return config
+        return recipes.load_config(spec, overrides)
+    except errors.UsageError as e:
+        raise RaceError(errors.one_line(e)) from None
 
 
 def check_config(config: Any) -> None:
@@ -510,7 +502,7 @@ def plot_curves(
 def main(argv: Sequence[str] | None = None) -> int:
     """`--config=SPEC [--config.x=v ...] --data NPY --out DIR --minutes M --every E`: one run."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = argparse.ArgumentParser(prog="python -m tools.wallclock", allow_abbrev=False)
+    parser = args_lib.Parser("wallclock", allow_abbrev=False)
     parser.add_argument("--config", required=True)
     parser.add_argument("--data", required=True, help="uint8 [N, 64, 64, 3] .npy")
     parser.add_argument("--out", required=True)

@@ -1,18 +1,55 @@
-"""One flag spelling rule for every command: `--batch-size` and `--batch_size` are one flag.
+"""The one flag library of every command: argparse, one spelling rule, one-line errors.
 
-The argparse commands (sample, fid, evaluate, report, the data_prep tools) define their
-flags with dashes; the absl ones (train, benchmark, fid_reference_stats) with
-underscores, absl's convention, which `--config.a_b=...` overrides share. `normalize`
-rewrites the other spelling of a flag the command defines, so a user never has to
-remember which command uses which. Config overrides (`--config.x`) and values are
-left alone.
+Every command (train, sample, fid, evaluate, report, benchmark, the data_prep tools)
+builds a `Parser` and parses with `parse_args`:
+
+* either spelling of a flag is accepted: `--batch-size` and `--batch_size` are one
+  flag (`normalize`); config overrides (`--config.a_b=...`) and values are left alone;
+* a command with a recipe (`add_config_argument`) takes `--config=configs/x.py[:variant]`
+  and any number of `--config.<field>=<value>` overrides, loaded by
+  `recipes.load_config` (ml_collections' `config_flags` parses them, so a misspelt
+  field or a value of the wrong type is an error naming it); `args.config` is the
+  locked ConfigDict;
+* a parsing mistake is ONE line on stderr, `PROG: error: ...` (see --help), exit code
+  2, like every other user mistake (`errors.report`); `--verbose` adds the traceback
+  of a config that cannot be loaded.
 """
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+import sys
+from collections.abc import Iterable, Sequence
+from typing import Any, NoReturn
+
+from facegan_jax import errors
+
+
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors are one line: `PROG: error: MESSAGE (see --help)`."""
+
+    def __init__(self, prog: str, description: str | None = None, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        super().__init__(prog=prog, description=description, **kwargs)
+
+    def error(self, message: str) -> NoReturn:
+        print(f"{self.prog}: error: {message} (see --help)", file=sys.stderr, flush=True)
+        sys.exit(errors.EXIT_USAGE)
+
+
+def add_config_argument(
+    parser: argparse.ArgumentParser, default: str | None = None, what: str = "Training"
+) -> None:
+    """`--config=FILE[:VARIANT]` (required without a default) and its `--config.x` overrides."""
+    parser.loads_config = True  # type: ignore[attr-defined]  # parse_args loads it
+    parser.add_argument(
+        "--config",
+        default=default,
+        required=default is None,
+        metavar="FILE[:VARIANT]",
+        help=f"{what} recipe (configs/*.py, optionally :variant); override any field with "
+        "--config.<field>=<value>",
+    )
 
 
 def normalize(argv: Sequence[str], known: Iterable[str]) -> list[str]:
@@ -33,10 +70,7 @@ def normalize(argv: Sequence[str], known: Iterable[str]) -> list[str]:
         name, eq, value = arg.partition("=")
         if name not in known and "." not in name:
             body = name[2:]
-            candidates = [body.replace("-", "_"), body.replace("_", "-")]
-            if body.startswith(("no-", "no_")):  # absl's negated booleans: --noverbose
-                candidates.append("no" + body[3:].replace("-", "_"))
-            for other in (f"--{c}" for c in candidates):
+            for other in (f"--{body.replace('-', '_')}", f"--{body.replace('_', '-')}"):
                 if other in known:
                     name = other
                     break
@@ -49,25 +83,46 @@ def option_strings(parser: argparse.ArgumentParser) -> list[str]:
     return [s for action in parser._actions for s in action.option_strings if s.startswith("--")]
 
 
+def split_config_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(`argv` without its `--config.a.b[=v]` overrides, the overrides as `--config.a.b=v`)."""
+    rest: list[str] = []
+    overrides: list[str] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--":
+            rest.extend(argv[i:])
+            break
+        if arg.startswith("--config."):
+            if "=" not in arg and i + 1 < len(argv) and not argv[i + 1].startswith("--"):
+                arg, i = f"{arg}={argv[i + 1]}", i + 1
+            overrides.append(arg)
+        else:
+            rest.append(arg)
+        i += 1
+    return rest, overrides
+
+
 def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
-    """`parser.parse_args` accepting either spelling of each flag."""
-    import sys
+    """`parser.parse_args` with either spelling of each flag; loads `add_config_argument`'s.
 
+    A config that cannot be loaded (a missing file, an unknown field, a bad value)
+    ends the process like any usage error: one line naming the file or field, exit 2
+    (`--verbose`, when the parser defines it, prints the traceback first).
+    """
     argv = sys.argv[1:] if argv is None else list(argv)
-    return parser.parse_args(normalize(argv, option_strings(parser)))
+    argv = normalize(argv, option_strings(parser))
+    has_config = bool(getattr(parser, "loads_config", False))
+    overrides: list[str] = []
+    if has_config:
+        argv, overrides = split_config_overrides(argv)
+    args = parser.parse_args(argv)
+    if has_config:
+        from facegan_jax import recipes
 
-
-def absl_argv(argv: Sequence[str], flag_values: Any) -> list[str]:
-    """`argv` (program name first) for an absl parser: `--a-b` becomes `--a_b` when defined."""
-    names = list(flag_values)
-    known = {f"--{n}" for n in names} | {f"--no{n}" for n in names}
-    return [argv[0], *normalize(argv[1:], known)]
-
-
-def absl_flags_parser(flag_values: Any) -> Callable[[list[str]], list[str]]:
-    """An `app.run(..., flags_parser=...)` that accepts either spelling of each flag."""
-
-    def parse(argv: list[str]) -> list[str]:
-        return flag_values(absl_argv(argv, flag_values))
-
-    return parse
+        try:
+            args.config = recipes.load_config(args.config, overrides)
+        except errors.UsageError as e:
+            verbose = bool(getattr(args, "verbose", False))
+            sys.exit(errors.report(e, prog=parser.prog, verbose=verbose))
+    return args

@@ -23,34 +23,57 @@ cost analysis of the compiled step. The last lines are in the peers' format:
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import statistics
 import time
 from typing import Any
 
-from absl import app, flags
-from ml_collections import config_flags
+from facegan_jax import errors, models, runtime
+from facegan_jax.cli import args as args_lib
 
-from facegan_jax import models, runtime
-from facegan_jax.cli import spelling
+PROG = "benchmark"
+WHAT = ("train", "pipeline", "fid", "layers", "fid_layers")
 
-FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", "configs/dcgan64.py", "Config file.", lock_config=True)
-flags.DEFINE_list(
-    "only", ["train", "pipeline", "fid"], "Which figures to measure (also: layers, fid_layers)."
-)
-flags.DEFINE_integer("steps", 10, "Timed train steps (median reported).")
-flags.DEFINE_integer("warmup", 3, "Untimed steps after compilation.")
-flags.DEFINE_integer("pipeline_batches", 30, "Timed input-pipeline batches.")
-flags.DEFINE_integer("fid_batch", 50, "FID feature-extraction batch (64x64 uint8 images).")
-flags.DEFINE_integer("fid_steps", 4, "Timed FID feature batches.")
-flags.DEFINE_float(
-    "peak_gflops",
-    0.0,
-    "Device fp32 peak in GFLOP/s for the fraction-of-peak figure; 0 = estimate it for a "
-    "CPU from /proc/cpuinfo (cores x FMA width x clock), omit the fraction elsewhere.",
-)
+
+def build_parser() -> args_lib.Parser:
+    """The benchmark command's flags."""
+    parser = args_lib.Parser(PROG, description=__doc__.splitlines()[0])
+    args_lib.add_config_argument(parser, default="configs/dcgan64.py", what="Benchmarked")
+    parser.add_argument(
+        "--only",
+        type=_which,
+        default=["train", "pipeline", "fid"],
+        help="comma-separated figures to measure: train, pipeline, fid (default all three), "
+        "layers, fid_layers",
+    )
+    parser.add_argument("--steps", type=int, default=10, help="timed train steps (median)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps after compilation")
+    parser.add_argument(
+        "--pipeline-batches", type=int, default=30, help="timed input-pipeline batches"
+    )
+    parser.add_argument(
+        "--fid-batch", type=int, default=50, help="FID feature batch (64x64 uint8 images)"
+    )
+    parser.add_argument("--fid-steps", type=int, default=4, help="timed FID feature batches")
+    parser.add_argument(
+        "--peak-gflops",
+        type=float,
+        default=0.0,
+        help="device fp32 peak in GFLOP/s for the fraction-of-peak figure; 0 = estimate it "
+        "for a CPU from /proc/cpuinfo (cores x FMA width x clock), omit it elsewhere",
+    )
+    errors.add_verbose_flag(parser)
+    return parser
+
+
+def _which(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in WHAT]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"{text!r}: choose from {', '.join(WHAT)}")
+    return names
 
 
 def cpu_peak_gflops(cpuinfo: str, cores: int, max_mhz: float | None = None) -> tuple[float, str]:
@@ -340,39 +363,47 @@ def bench_fid(batch: int, steps: int, peak: float | None) -> float:
     return img_s
 
 
-def main(argv: list[str]) -> None:
-    del argv
+def main(argv: list[str] | None = None) -> int:
+    """Measures the figures `--only` names; a mistake is one line (exit code 2)."""
+    args = args_lib.parse_args(build_parser(), argv)
+    return errors.run_command(PROG, lambda: measure(args), verbose=args.verbose)
+
+
+def measure(args: argparse.Namespace) -> None:
+    """Prints the figures `args.only` names (the last lines: RESULT ...)."""
     import jax
 
     runtime.setup()
-    config = FLAGS.config
+    config = args.config
     print(
         f"device: {jax.devices()} ({platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} CPUs)"
     )
-    peak, how = _device_peak(FLAGS.peak_gflops)
+    peak, how = _device_peak(args.peak_gflops)
     print(f"peak: {f'{peak:.0f} GFLOP/s' if peak else 'not known'} ({how})")
     results = []
-    if "train" in FLAGS.only:
-        img_s = bench_train(config, FLAGS.steps, FLAGS.warmup, peak)
+    if "train" in args.only:
+        img_s = bench_train(config, args.steps, args.warmup, peak)
         results.append(("train", img_s, config.train.batch_size * config.train.n_critic))
-    if "layers" in FLAGS.only:
-        profile_layers(config, FLAGS.steps)
-    if "fid_layers" in FLAGS.only:
-        profile_fid_layers(FLAGS.fid_batch, FLAGS.fid_steps)
-    if "pipeline" in FLAGS.only:
+    if "layers" in args.only:
+        profile_layers(config, args.steps)
+    if "fid_layers" in args.only:
+        profile_fid_layers(args.fid_batch, args.fid_steps)
+    if "pipeline" in args.only:
         results.append(
-            ("pipeline", bench_pipeline(config, FLAGS.pipeline_batches), config.train.batch_size)
+            ("pipeline", bench_pipeline(config, args.pipeline_batches), config.train.batch_size)
         )
-    if "fid" in FLAGS.only:
-        results.append(("fid", bench_fid(FLAGS.fid_batch, FLAGS.fid_steps, peak), FLAGS.fid_batch))
+    if "fid" in args.only:
+        results.append(("fid", bench_fid(args.fid_batch, args.fid_steps, peak), args.fid_batch))
     for name, img_s, batch in results:
         print(f"RESULT name={name} img_per_s={img_s:.2f} batch={batch}")
 
 
 def run() -> None:
     """Console-script entry point."""
-    app.run(main, flags_parser=spelling.absl_flags_parser(FLAGS))
+    import sys
+
+    sys.exit(main())
 
 
 if __name__ == "__main__":

@@ -21,14 +21,12 @@ import json
 import sys
 
 from facegan_jax import errors, fileio, models, runtime
-from facegan_jax.cli import spelling
+from facegan_jax.cli import args as args_lib
 from facegan_jax.data.celeba_attributes import attribute_index
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m facegan_jax.cli.evaluate", description=__doc__.splitlines()[0]
-    )
+    parser = args_lib.Parser("evaluate", description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", required=True, help="training workdir")
     parser.add_argument("--classifier", required=True, help="attribute classifier folder")
     parser.add_argument("--num-samples", type=int, default=1000, help="images for fd_attr")
@@ -42,7 +40,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         help="pytorch-fid Inception weights (.pth): also FID and PRDC in Inception space",
     )
     errors.add_verbose_flag(parser)
-    args = spelling.parse_args(parser, argv)
+    args = args_lib.parse_args(parser, argv)
     for name in ("num_samples", "n_per_side", "batch_size"):
         if getattr(args, name) < 2:
             parser.error(f"--{name.replace('_', '-')} must be >= 2")

@@ -23,7 +23,7 @@ from typing import Any
 
 from facegan_jax import errors, fileio, runtime
 from facegan_jax import workdir as workdir_lib
-from facegan_jax.cli import spelling
+from facegan_jax.cli import args as args_lib
 from facegan_jax.metrics import evaluation, fid, inception_weights
 
 PROG = "fid"
@@ -33,8 +33,8 @@ _WHAT = "pass a folder of images, an .npz of statistics or a training workdir"
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m facegan_jax.fid",
+    parser = args_lib.Parser(
+        "fid",
         description="FID between two sources (image folder, .npz statistics or training workdir).",
     )
     parser.add_argument("path", nargs=2, help="two sources (or SRC OUT.npz with --save-stats)")
@@ -44,7 +44,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--kid", action="store_true", help="also print KID")
     parser.add_argument("--save-stats", action="store_true", help="write SRC's statistics to OUT")
     errors.add_verbose_flag(parser)
-    args = spelling.parse_args(parser, argv)
+    args = args_lib.parse_args(parser, argv)
     if args.batch_size < 1:
         parser.error(f"--batch-size={args.batch_size} must be >= 1")
     if args.num_samples is not None and args.num_samples < 2:

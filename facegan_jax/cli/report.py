@@ -26,14 +26,14 @@ import sys
 
 from facegan_jax import errors, runtime
 from facegan_jax import workdir as workdir_lib
-from facegan_jax.cli import spelling
+from facegan_jax.cli import args as args_lib
 
 PROG = "report"
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m facegan_jax.report",
+    parser = args_lib.Parser(
+        "report",
         description="Curves, progress GIF and HTML page of a training run; "
         "optionally the memorisation check.",
     )
@@ -68,7 +68,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     mem.add_argument("--batch-size", type=int, default=64)
     mem.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
     errors.add_verbose_flag(parser)
-    args = spelling.parse_args(parser, argv)
+    args = args_lib.parse_args(parser, argv)
     for name in ("num", "batch_size"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')}={getattr(args, name)} must be >= 1")

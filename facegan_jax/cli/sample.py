@@ -45,7 +45,7 @@ import numpy as np
 
 from facegan_jax import errors, fileio, runtime
 from facegan_jax import workdir as workdir_lib
-from facegan_jax.cli import spelling
+from facegan_jax.cli import args as args_lib
 from facegan_jax.data.celeba_attributes import CELEBA_ATTRIBUTES
 from facegan_jax.generation import editing, sampling
 from facegan_jax.training import components
@@ -94,9 +94,7 @@ def _join_signed_values(argv: Sequence[str]) -> list[str]:
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line (see the module docstring)."""
-    parser = argparse.ArgumentParser(
-        description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = args_lib.Parser("sample", description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", required=True, help="training workdir (config + checkpoints)")
     parser.add_argument(
         "--seeds",
@@ -192,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     """Parses the command line, writes the requested files; returns the exit code."""
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else argv
-    args = spelling.parse_args(parser, _join_signed_values(argv))
+    args = args_lib.parse_args(parser, _join_signed_values(argv))
     _check_args(parser, args)
     # ClassifierFileError is a ValueError: one line too.
     return errors.run_command("sample", lambda: _run(args), verbose=args.verbose)

@@ -6,61 +6,62 @@
 
 `--config` takes a config file (optionally `file.py:variant`); any field can be
 overridden with `--config.<field>=<value>` and a misspelt field is an error
-that names it (the config is locked).
+that names it (the config is locked). Flags are parsed like every command's
+(`cli/args.py`: argparse, `--a-b` == `--a_b`).
 
 Every user mistake (a flag, a config field or value, missing data, a workdir
 holding another run) and every run fault (non-finite loss, a checkpoint that
 cannot be written) ends the process with ONE line on stderr, `train: error: ...`,
 exit code 2 (fix the input) or 1 (the run could not go on); `--verbose` adds
-the traceback. Flag-parsing errors, which absl raises before `main()`, are
-caught by `run()`'s flags parser.
+the traceback.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import re
 import sys
 import tempfile
 
-from absl import app, flags, logging
-from ml_collections import config_flags
+from absl import logging
 
 from facegan_jax import distributed, errors, runtime
-from facegan_jax.cli import spelling
-
-FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file(
-    "config", None, "Training config file (configs/*.py[:variant]).", lock_config=True
-)
-flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and samples.")
-# Multi-process runs (facegan_jax/distributed.py): all three explicit (SLURM, any cluster),
-# or --distributed for JAX's own detection (Cloud TPU pods); launch.sh passes them.
-flags.DEFINE_string("coordinator_address", None, "HOST:PORT of process 0 (multi-process).")
-flags.DEFINE_integer("num_processes", None, "Number of processes (multi-process).")
-flags.DEFINE_integer("process_id", None, "This process, in [0, num_processes).")
-flags.DEFINE_bool(
-    "distributed",
-    False,
-    "jax.distributed.initialize() with JAX's cluster auto-detection (Cloud TPU pods).",
-)
-flags.DEFINE_bool(
-    "verbose", False, "Print the traceback of an error (default: one line, `train: error: ...`)."
-)
-flags.mark_flags_as_required(["config", "workdir"])
+from facegan_jax.cli import args as args_lib
 
 PROG = "train"
 
 
-def main(argv: list[str]) -> int:
+def build_parser() -> args_lib.Parser:
+    """The train command's flags."""
+    parser = args_lib.Parser(PROG, description=__doc__.splitlines()[0])
+    args_lib.add_config_argument(parser)
+    parser.add_argument(
+        "--workdir", required=True, help="directory for checkpoints, logs and samples"
+    )
+    # Multi-process runs (facegan_jax/distributed.py): all three explicit (SLURM, any
+    # cluster), or --distributed for JAX's own detection (Cloud TPU pods); launch.sh
+    # passes them.
+    parser.add_argument("--coordinator-address", help="HOST:PORT of process 0 (multi-process)")
+    parser.add_argument("--num-processes", type=int, help="number of processes (multi-process)")
+    parser.add_argument("--process-id", type=int, help="this process, in [0, num_processes)")
+    parser.add_argument(
+        "--distributed",
+        action="store_true",
+        help="jax.distributed.initialize() with JAX's cluster auto-detection (Cloud TPU pods)",
+    )
+    errors.add_verbose_flag(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
     """Trains; a user mistake or run fault is reported as one line (exit code 2 or 1)."""
+    args = args_lib.parse_args(build_parser(), argv)
     try:
-        _main(argv)
+        _main(args)
     except errors.FaceganError as e:
-        return errors.report(e, prog=PROG, verbose=FLAGS.verbose)
-    except app.UsageError as e:
-        return errors.report(errors.UsageError(str(e)), prog=PROG, verbose=FLAGS.verbose)
+        return errors.report(e, prog=PROG, verbose=args.verbose)
     except KeyboardInterrupt:  # a second Ctrl-C (the first one stops with a checkpoint)
         message = "interrupted; the latest complete checkpoint is kept"
         print(f"{PROG}: error: {message}", file=sys.stderr)
@@ -68,49 +69,63 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-def _main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise errors.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+def _main(args: argparse.Namespace) -> None:
     with native_startup_chatter_dropped():  # TensorFlow's C++ start-up lines on stderr
         runtime.setup()
-    quiet_library_logs()
+    setup_logging(verbose=args.verbose)
     try:
         spec = distributed.spec_from_flags(
-            FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id
+            args.coordinator_address, args.num_processes, args.process_id
         )
     except ValueError as e:
-        raise app.UsageError(str(e)) from None
-    distributed.initialize(spec, auto=FLAGS.distributed)
+        raise errors.UsageError(str(e)) from None
+    distributed.initialize(spec, auto=args.distributed)
     with native_startup_chatter_dropped():
         from facegan_jax.training import train
 
     # train_and_evaluate validates the config before it logs (the JAX process and
     # devices first) or writes anything, so a mistake prints one line and nothing else.
-    train.train_and_evaluate(FLAGS.config, FLAGS.workdir, exit_on_stop=True)
+    train.train_and_evaluate(args.config, args.workdir, exit_on_stop=True)
 
 
 class _DropLibraryInfo:
     """absl log filter: keeps warnings and errors from orbax/tfds/jax, drops their INFO chatter.
 
     Their tracebacks are dropped too (our `train: error: ...` line says what failed) unless
-    `--verbose`.
+    `verbose`.
     """
 
     _NOISY = ("/orbax/", "/tensorflow_datasets/", "/absl/logging", "/jax/_src/")
+
+    def __init__(self, verbose: bool) -> None:
+        self.verbose = verbose
 
     def filter(self, record) -> bool:
         if not any(n in record.pathname for n in self._NOISY):
             return True
         if record.levelno < 30:
             return False
-        if not FLAGS.verbose:
+        if not self.verbose:
             record.exc_info, record.exc_text = None, None
         return True
 
 
-def quiet_library_logs() -> None:
-    """Keeps the training log readable: our lines plus library warnings."""
-    logging.get_absl_handler().addFilter(_DropLibraryInfo())
+def setup_logging(verbose: bool = False) -> None:
+    """absl's log lines at INFO on stderr (what `app.run` set up), our lines plus library warnings.
+
+    absl's flags are not parsed (argparse parses ours), so they are marked parsed, which
+    keeps absl from warning that logging started before flag parsing.
+    """
+    from absl import flags
+
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
+    logging.use_absl_handler()
+    logging.set_verbosity(logging.INFO)
+    handler = logging.get_absl_handler()
+    for old in [f for f in handler.filters if isinstance(f, _DropLibraryInfo)]:
+        handler.removeFilter(old)
+    handler.addFilter(_DropLibraryInfo(verbose))
 
 
 # Lines TensorFlow's C++ code writes straight to the stderr file descriptor while it loads
@@ -143,30 +158,9 @@ def native_startup_chatter_dropped():
             sys.stderr.flush()
 
 
-def parse_flags(argv: list[str]) -> list[str]:
-    """absl's flags parser, with errors as one line (exit 2) instead of a traceback.
-
-    absl and ml_collections parse `--config` and its overrides before `main()`
-    runs and raise flags.Error, KeyError/AttributeError (an unknown config field)
-    or OSError (a config file that cannot be loaded, raised on first access).
-    """
-    try:
-        rest = FLAGS(spelling.absl_argv(argv, FLAGS))
-        FLAGS.config.get("seed")  # ml_collections defers config-file load errors to here
-    except Exception as e:  # anything raised while parsing is about the command line
-        error = errors.flag_error(e, argv, flag_type=_flag_type)
-        sys.exit(errors.report(error, prog=PROG, verbose=errors.wants_verbose(argv)))
-    return rest
-
-
-def _flag_type(name: str) -> str | None:
-    """The type of value flag `name` takes (`int` for `config.train.batch_size`), if defined."""
-    return FLAGS[name].flag_type() if name in FLAGS else None
-
-
 def run(argv: list[str] | None = None) -> None:
     """Console-script entry point."""
-    app.run(main, argv=argv, flags_parser=parse_flags)
+    sys.exit(main(argv))
 
 
 if __name__ == "__main__":

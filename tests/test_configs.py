@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 import subprocess
 import sys
 
@@ -181,3 +182,33 @@ def test_recipes_load_by_path_from_any_directory_and_configs_is_not_installed(tm
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.splitlines() == ["modulate 40 32", "None"], proc.stdout
+
+
+@pytest.mark.parametrize(
+    "recipe, field, value, message",
+    [
+        (
+            "acgan64",
+            "d_pool",
+            "max",
+            "config.model.d_pool='max' must be 'mean', 'sum' or 'flatten'",
+        ),
+        ("dcgan64", "g_cond", "film", "config.model.g_cond='film' must be 'input' or 'modulate'"),
+        ("acgan64", "attr_head", "x", "config.model.attr_head='x' must be 'shared' or 'separate'"),
+    ],
+)
+def test_a_model_choice_outside_its_options_is_an_error_naming_them(recipe, field, value, message):
+    config = load_config_file(f"configs/{recipe}.py:runlocal", f"--config.model.{field}={value}")
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}"):
+        build_models(config)
+
+
+def test_every_module_attribute_comes_from_its_config_field():
+    config = load_config_file("configs/acgan64.py:runlocal", "--config.model.g_dim=24")
+    with config.unlocked():
+        config.train.mixed_precision = True
+    generator, discriminator = build_models(config)
+    assert (generator.base_dim, discriminator.base_dim) == (24, config.model.d_dim)
+    assert generator.image_size == discriminator.image_size == config.data.image_size
+    assert generator.dtype == discriminator.dtype == jnp.bfloat16
+    assert discriminator.pool == config.model.d_pool and generator.cond == config.model.g_cond

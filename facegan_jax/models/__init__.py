@@ -27,6 +27,7 @@ reach runs of another.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 from typing import Any
 
@@ -130,3 +131,58 @@ def require_unconditional(config: Any) -> None:
         raise ValueError(
             f"config.model.num_attributes must be 0 for {config.model.name!r} (use 'acgan')"
         )
+
+
+# The config.model field each module attribute is read from where the names differ
+# (`build_pair`); any other attribute is read from the config.model field of its own name.
+_GENERATOR_FIELDS = {
+    "base_dim": "g_dim",
+    "act": "g_activation",
+    "cond": "g_cond",
+    "cond_dim": "g_cond_dim",
+}
+_DISCRIMINATOR_FIELDS = {
+    "base_dim": "d_dim",
+    "act": "d_activation",
+    "dropout": "d_dropout",
+    "spectral_norm": "d_spectral_norm",
+    "pool": "d_pool",
+}
+
+
+def check_choice(config: Any, field: str, choices: tuple[str, ...]) -> None:
+    """Raises a ValueError naming `config.model.<field>` if its value is not one of `choices`."""
+    value = config.model[field]
+    if value not in choices:
+        names = [repr(c) for c in choices]
+        options = " or ".join([", ".join(names[:-1]), names[-1]] if len(names) > 1 else names)
+        raise ValueError(f"config.model.{field}={value!r} must be {options}")
+
+
+def build_pair(
+    config: Any, generator_cls: type[nn.Module], discriminator_cls: type[nn.Module]
+) -> tuple[nn.Module, nn.Module]:
+    """A family's (generator, discriminator), each attribute read from the config.
+
+    `image_size` and `channels` come from `config.data`, `dtype` from `compute_dtype`,
+    every other attribute the module declares from `config.model` (G's `base_dim` from
+    `g_dim`, D's from `d_dim`, and so on: `_GENERATOR_FIELDS`, `_DISCRIMINATOR_FIELDS`);
+    an attribute with no config field keeps the module's default.
+    """
+
+    def make(cls: type[nn.Module], renames: dict[str, str]) -> nn.Module:
+        data = {"image_size": config.data.image_size, "channels": config.data.channels}
+        kwargs: dict[str, Any] = {}
+        for field in dataclasses.fields(cls):
+            source = renames.get(field.name, field.name)
+            if field.name in ("parent", "name") or not field.init:
+                continue
+            if field.name == "dtype":
+                kwargs["dtype"] = compute_dtype(config)
+            elif field.name in data:
+                kwargs[field.name] = data[field.name]
+            elif source in config.model:
+                kwargs[field.name] = config.model[source]
+        return cls(**kwargs)
+
+    return make(generator_cls, _GENERATOR_FIELDS), make(discriminator_cls, _DISCRIMINATOR_FIELDS)

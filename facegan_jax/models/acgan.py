@@ -40,7 +40,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from facegan_jax.models import compute_dtype
+from facegan_jax.models import build_pair, check_choice
 from facegan_jax.models.layers import (
     MinibatchStdDev,
     Modulate,
@@ -270,36 +270,8 @@ def build(config: Any) -> tuple[nn.Module, nn.Module]:
     Returns:
       (generator, discriminator) Flax modules following facegan_jax.models' contract.
     """
-    dtype = compute_dtype(config)
-    m = config.model
     num_stages(config.data.image_size)  # fail early with the field name
-    if m.d_pool not in ("mean", "sum", "flatten"):
-        raise ValueError(f"config.model.d_pool={m.d_pool!r} must be 'mean', 'sum' or 'flatten'")
-    if m.g_cond not in ("input", "modulate"):
-        raise ValueError(f"config.model.g_cond={m.g_cond!r} must be 'input' or 'modulate'")
-    if m.attr_head not in ("shared", "separate"):
-        raise ValueError(f"config.model.attr_head={m.attr_head!r} must be 'shared' or 'separate'")
-    generator = Generator(
-        image_size=config.data.image_size,
-        channels=config.data.channels,
-        num_attributes=m.num_attributes,
-        base_dim=m.g_dim,
-        leaky_slope=m.leaky_slope,
-        sn_power_iterations=m.sn_power_iterations,
-        cond=m.g_cond,
-        cond_dim=m.g_cond_dim,
-        dtype=dtype,
-    )
-    discriminator = Discriminator(
-        image_size=config.data.image_size,
-        num_attributes=m.num_attributes,
-        base_dim=m.d_dim,
-        mbstd_group_size=m.mbstd_group_size,
-        sn_power_iterations=m.sn_power_iterations,
-        spectral_norm=m.d_spectral_norm,
-        pool=m.d_pool,
-        attr_head=m.attr_head,
-        projection=m.projection,
-        dtype=dtype,
-    )
-    return generator, discriminator
+    check_choice(config, "d_pool", ("mean", "sum", "flatten"))
+    check_choice(config, "g_cond", ("input", "modulate"))
+    check_choice(config, "attr_head", ("shared", "separate"))
+    return build_pair(config, Generator, Discriminator)

@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from facegan_jax.models import compute_dtype, layers
+from facegan_jax.models import build_pair, check_choice, layers
 
 Dtype = Any
 _INIT = nn.initializers.normal(stddev=0.02)
@@ -404,37 +404,9 @@ def default_config() -> ml_collections.ConfigDict:
 
 def build(config: Any) -> tuple[nn.Module, nn.Module]:
     """Builds the DCGAN (generator, discriminator) pair from `config.model` / `config.data`."""
-    dtype = compute_dtype(config)
     m = config.model
     if m.num_attributes not in (0, 40):
         raise ValueError(f"config.model.num_attributes={m.num_attributes} must be 0 or 40")
-    if m.g_cond not in ("input", "modulate"):
-        raise ValueError(f"config.model.g_cond={m.g_cond!r} must be 'input' or 'modulate'")
-    if m.attr_head not in ("shared", "separate"):
-        raise ValueError(f"config.model.attr_head={m.attr_head!r} must be 'shared' or 'separate'")
-    generator = Generator(
-        image_size=config.data.image_size,
-        channels=config.data.channels,
-        base_dim=m.g_dim,
-        act=m.g_activation,
-        leaky_slope=m.leaky_slope,
-        fast_convs=m.fast_convs,
-        num_attributes=m.num_attributes,
-        cond=m.g_cond,
-        cond_dim=m.g_cond_dim,
-        dtype=dtype,
-    )
-    discriminator = Discriminator(
-        image_size=config.data.image_size,
-        base_dim=m.d_dim,
-        act=m.d_activation,
-        leaky_slope=m.leaky_slope,
-        dropout=m.d_dropout,
-        fast_convs=m.fast_convs,
-        spectral_norm=m.d_spectral_norm,
-        num_attributes=m.num_attributes,
-        projection=m.projection,
-        attr_head=m.attr_head,
-        dtype=dtype,
-    )
-    return generator, discriminator
+    check_choice(config, "g_cond", ("input", "modulate"))
+    check_choice(config, "attr_head", ("shared", "separate"))
+    return build_pair(config, Generator, Discriminator)

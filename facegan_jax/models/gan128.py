@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from facegan_jax.models import compute_dtype, dcgan, require_unconditional
+from facegan_jax.models import build_pair, dcgan, require_unconditional
 
 Dtype = Any
 _INIT = nn.initializers.xavier_uniform()  # Keras glorot_uniform
@@ -144,23 +144,6 @@ def build(config: Any) -> tuple[nn.Module, nn.Module]:
     Returns:
       (generator, discriminator) Flax modules following facegan_jax.models' contract.
     """
-    dtype = compute_dtype(config)
-    m = config.model
     require_unconditional(config)
     start_size(config.data.image_size)
-    generator = Generator(
-        image_size=config.data.image_size,
-        channels=config.data.channels,
-        base_dim=m.g_dim,
-        leaky_slope=m.leaky_slope,
-        fast_convs=m.fast_convs,
-        dtype=dtype,
-    )
-    discriminator = Discriminator(
-        image_size=config.data.image_size,
-        base_dim=m.d_dim,
-        leaky_slope=m.leaky_slope,
-        dropout=m.d_dropout,
-        dtype=dtype,
-    )
-    return generator, discriminator
+    return build_pair(config, Generator, Discriminator)

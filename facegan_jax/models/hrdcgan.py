@@ -39,7 +39,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from facegan_jax.models import compute_dtype, require_unconditional
+from facegan_jax.models import build_pair, require_unconditional
 from facegan_jax.models.dcgan import activation, conv_stride_2, upsample_to_image
 
 Dtype = Any
@@ -166,26 +166,6 @@ def build(config: Any) -> tuple[nn.Module, nn.Module]:
     Returns:
       (generator, discriminator) Flax modules following facegan_jax.models' contract.
     """
-    dtype = compute_dtype(config)
-    m = config.model
     require_unconditional(config)
     num_stages(config.data.image_size)
-    generator = Generator(
-        image_size=config.data.image_size,
-        channels=config.data.channels,
-        base_dim=m.g_dim,
-        act=m.g_activation,
-        leaky_slope=m.leaky_slope,
-        fast_convs=m.fast_convs,
-        dtype=dtype,
-    )
-    discriminator = Discriminator(
-        image_size=config.data.image_size,
-        base_dim=m.d_dim,
-        act=m.d_activation,
-        leaky_slope=m.leaky_slope,
-        dropout=m.d_dropout,
-        fast_convs=m.fast_convs,
-        dtype=dtype,
-    )
-    return generator, discriminator
+    return build_pair(config, Generator, Discriminator)

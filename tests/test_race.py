@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from facegan_jax.cli import args as args_lib
 from tests.helpers import tiny_config
 from tools import race, race_data, wallclock
 
@@ -161,7 +162,7 @@ def test_each_side_is_pinned_to_its_core_with_one_thread(tmp_path):
 
 
 def test_config_overrides_pass_through_and_other_arguments_are_refused():
-    args, overrides = race.parse_args(
+    args, overrides = args_lib.parse_with_overrides(
         race.build_parser(),
         ["--out", "o", "--minutes", "1", "--config.train.diffaugment=", "--config.loss.r1_gamma=1"],
     )
@@ -170,7 +171,7 @@ def test_config_overrides_pass_through_and_other_arguments_are_refused():
         "--config.loss.r1_gamma=1",
     ]
     with pytest.raises(SystemExit):
-        race.parse_args(race.build_parser(), ["--out", "o", "--bogus"])
+        args_lib.parse_with_overrides(race.build_parser(), ["--out", "o", "--bogus"])
 
 
 def test_race_refuses_a_recipe_it_cannot_race():

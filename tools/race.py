@@ -377,25 +377,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def parse_args(
-    parser: argparse.ArgumentParser, argv: Sequence[str]
-) -> tuple[argparse.Namespace, list[str]]:
-    """(arguments, `--config.a.b=v` overrides); any other unknown argument is a usage error."""
-    args, rest = parser.parse_known_args(argv)
-    overrides = [a for a in rest if a.startswith("--config.")]
-    unknown = [a for a in rest if not a.startswith("--config.")]
-    if unknown:
-        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
-    return args, overrides
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the race; errors are one line, exit 2 / 1."""
     argv = list(sys.argv[1:] if argv is None else argv)
     verbose = "--verbose" in argv
     argv = [a for a in argv if a != "--verbose"]
     try:
-        _race_main(*parse_args(build_parser(), argv))
+        _race_main(*args_lib.parse_with_overrides(build_parser(), argv))
     except errors.FaceganError as e:
         return errors.report(e, prog=PROG, verbose=verbose)
     return 0

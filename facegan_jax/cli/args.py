@@ -103,6 +103,20 @@ def split_config_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
     return rest, overrides
 
 
+def parse_with_overrides(
+    parser: argparse.ArgumentParser, argv: Sequence[str] | None
+) -> tuple[argparse.Namespace, list[str]]:
+    """(arguments, the `--config.a.b=v` overrides as written), either spelling accepted.
+
+    For commands that hand a recipe and its overrides on unloaded (the wall-clock
+    comparisons start each run in its own process); any other unknown argument is a
+    usage error.
+    """
+    argv = sys.argv[1:] if argv is None else list(argv)
+    rest, overrides = split_config_overrides(normalize(argv, option_strings(parser)))
+    return parser.parse_args(rest), overrides
+
+
 def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
     """`parser.parse_args` with either spelling of each flag; loads `add_config_argument`'s.
 
@@ -110,19 +124,15 @@ def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> a
     ends the process like any usage error: one line naming the file or field, exit 2
     (`--verbose`, when the parser defines it, prints the traceback first).
     """
-    argv = sys.argv[1:] if argv is None else list(argv)
-    argv = normalize(argv, option_strings(parser))
-    has_config = bool(getattr(parser, "loads_config", False))
-    overrides: list[str] = []
-    if has_config:
-        argv, overrides = split_config_overrides(argv)
-    args = parser.parse_args(argv)
-    if has_config:
-        from facegan_jax import recipes
+    if not getattr(parser, "loads_config", False):
+        argv = sys.argv[1:] if argv is None else list(argv)
+        return parser.parse_args(normalize(argv, option_strings(parser)))
+    from facegan_jax import recipes
 
-        try:
-            args.config = recipes.load_config(args.config, overrides)
-        except errors.UsageError as e:
-            verbose = bool(getattr(args, "verbose", False))
-            sys.exit(errors.report(e, prog=parser.prog, verbose=verbose))
+    args, overrides = parse_with_overrides(parser, argv)
+    try:
+        args.config = recipes.load_config(args.config, overrides)
+    except errors.UsageError as e:
+        verbose = bool(getattr(args, "verbose", False))
+        sys.exit(errors.report(e, prog=parser.prog, verbose=verbose))
     return args

@@ -135,8 +135,8 @@ case "$cmd" in
     # SLURM_PROCID, and SLURM_NTASKS = one task per node.
     coordinator=$("$PYTHON" -m facegan_jax.distributed slurm-coordinator)
     task="exec $(quote "$VENV/bin/python" -m facegan_jax.main --config="$config" \
-      --workdir="$workdir" --coordinator_address="$coordinator")"
-    task+=' --num_processes=$SLURM_NTASKS --process_id=$SLURM_PROCID'
+      --workdir="$workdir" --coordinator-address="$coordinator")"
+    task+=' --num-processes=$SLURM_NTASKS --process-id=$SLURM_PROCID'
     [ $# -eq 0 ] || task+=" $(quote "$@")"
     run srun --nodes="$nodes" --ntasks="$nodes" --ntasks-per-node=1 bash -c "$task"
     ;;

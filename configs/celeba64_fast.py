@@ -27,8 +27,8 @@ ablation, fd_attr, lower is better):
 
 Prepare CelebA once (README "CelebA"), then train:
 
-  python -m data_prep.prepare_celeba --manual_dir ../shared/data/celeba \
-      --data_dir ~/tensorflow_datasets
+  python -m data_prep.prepare_celeba --manual-dir ../shared/data/celeba \
+      --data-dir ~/tensorflow_datasets
   python -m facegan_jax.main --config=configs/celeba64_fast.py --workdir=runs/celeba64_fast \
       --config.data.tfds_data_dir=~/tensorflow_datasets
 

@@ -3,9 +3,9 @@ r"""Builds the `celeba_local` TFDS dataset from CelebA files downloaded by hand.
 This module owns the command line around `facegan_jax.data.celeba_local`:
 validate the manual files, build with a progress bar, print a summary.
 
-  python -m data_prep.prepare_celeba --manual_dir ~/celeba --data_dir ~/tensorflow_datasets
+  python -m data_prep.prepare_celeba --manual-dir ~/celeba --data-dir ~/tensorflow_datasets
 
-`--manual_dir` holds `img_align_celeba.zip` (or the extracted `img_align_celeba/`),
+`--manual-dir` holds `img_align_celeba.zip` (or the extracted `img_align_celeba/`),
 `list_attr_celeba.txt` and `list_eval_partition.txt`. Then train with
 `--config.data.name=celeba_local --config.data.tfds_data_dir=<data_dir>`.
 
@@ -39,9 +39,9 @@ def main(argv: list[str] | None = None) -> int:
         "prepare_celeba",
         description="Build the celeba_local TFDS dataset from the official CelebA files.",
     )
-    parser.add_argument("--manual_dir", required=True, help="folder with the downloaded files")
-    parser.add_argument("--data_dir", default=None, help="TFDS data_dir (default: TFDS's)")
-    parser.add_argument("--no_progress", action="store_true", help="hide the progress bars")
+    parser.add_argument("--manual-dir", required=True, help="folder with the downloaded files")
+    parser.add_argument("--data-dir", default=None, help="TFDS data_dir (default: TFDS's)")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     errors.add_verbose_flag(parser)
     args = args_lib.parse_args(parser, argv)
     runtime.setup()

@@ -7,8 +7,8 @@ epoch), train with progress and ETA, print the per-attribute validation table
 and save.
 
   python -m data_prep.train_attribute_classifier --data=celeba_local \
-      --tfds_data_dir ~/tensorflow_datasets --image_size 64 --steps 1200 --out attr_celeba64
-  python -m data_prep.train_attribute_classifier --data=synthetic_faces --image_size 32 \
+      --tfds-data-dir ~/tensorflow_datasets --image-size 64 --steps 1200 --out attr_celeba64
+  python -m data_prep.train_attribute_classifier --data=synthetic_faces --image-size 32 \
       --steps 1500 --out attr_synth32
 
 On the 12,000-image CelebA subset the first takes about 7 CPU-minutes (2 cores)
@@ -177,7 +177,7 @@ def train(
     except ValueError as e:  # unprepared dataset, unknown split, bad size
         raise DataError(str(e)) from None
     if batch_size > len(train_images):
-        raise DataError(f"--batch_size={batch_size} exceeds the {len(train_images)} train images")
+        raise DataError(f"--batch-size={batch_size} exceeds the {len(train_images)} train images")
     log(
         f"loaded {data}: {len(train_images)} train, {len(val_images)} {val_split} images at "
         f"{image_size}x{image_size} in {time.perf_counter() - start:.1f} s"
@@ -242,22 +242,22 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         description="Train the CelebA attribute classifier used by the attribute metrics.",
     )
     parser.add_argument("--data", required=True, help="synthetic_faces or celeba_local")
-    parser.add_argument("--tfds_data_dir", default=None, help="TFDS data_dir (default: TFDS's)")
-    parser.add_argument("--image_size", type=int, default=64, help="power of two >= 32")
+    parser.add_argument("--tfds-data-dir", default=None, help="TFDS data_dir (default: TFDS's)")
+    parser.add_argument("--image-size", type=int, default=64, help="power of two >= 32")
     parser.add_argument("--steps", type=int, default=2000)
-    parser.add_argument("--batch_size", type=int, default=64)
-    parser.add_argument("--learning_rate", type=float, default=2e-3)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--learning-rate", type=float, default=2e-3)
     parser.add_argument(
         "--widths", default="", help="comma-separated block widths (default: by image size)"
     )
-    parser.add_argument("--feature_dim", type=int, default=256, help="penultimate feature size")
+    parser.add_argument("--feature-dim", type=int, default=256, help="penultimate feature size")
     parser.add_argument(
-        "--pos_weight_max", type=float, default=10.0, help="cap of rare-attribute weights; 0: off"
+        "--pos-weight-max", type=float, default=10.0, help="cap of rare-attribute weights; 0: off"
     )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--val_split", default="validation")
-    parser.add_argument("--synthetic_num_train", type=int, default=None)
-    parser.add_argument("--synthetic_num_eval", type=int, default=None)
+    parser.add_argument("--val-split", default="validation")
+    parser.add_argument("--synthetic-num-train", type=int, default=None)
+    parser.add_argument("--synthetic-num-eval", type=int, default=None)
     parser.add_argument("--out", required=True, help="folder to save the classifier into")
     errors.add_verbose_flag(parser)
     return args_lib.parse_args(parser, argv)
@@ -275,7 +275,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     if args.steps < 1 or args.batch_size < 1:
         raise errors.UsageError(
-            f"--steps={args.steps} and --batch_size={args.batch_size} must be >= 1"
+            f"--steps={args.steps} and --batch-size={args.batch_size} must be >= 1"
         )
     try:
         widths = tuple(int(w) for w in args.widths.split(",")) if args.widths else None

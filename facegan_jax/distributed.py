@@ -2,7 +2,7 @@
 
 `main` calls `initialize(...)` with its flags before anything touches a JAX backend:
 
-* explicit: `--coordinator_address=HOST:PORT --num_processes=N --process_id=I` (all three;
+* explicit: `--coordinator-address=HOST:PORT --num-processes=N --process-id=I` (all three;
   `launch.sh slurm` passes them, with the first host of `SLURM_JOB_NODELIST` as the
   coordinator and `SLURM_NTASKS` / `SLURM_PROCID` of each srun task). JAX's own cluster
   auto-detection is then switched off: under SLURM it would otherwise restrict each
@@ -44,7 +44,7 @@ class ProcessSpec:
 def spec_from_flags(
     coordinator_address: str | None, num_processes: int | None, process_id: int | None
 ) -> ProcessSpec | None:
-    """The explicit process spec of `--coordinator_address/--num_processes/--process_id`.
+    """The explicit process spec of `--coordinator-address/--num-processes/--process-id`.
 
     Returns:
       None when none of the three is given (a single process or `--distributed`).
@@ -53,25 +53,25 @@ def spec_from_flags(
       ValueError: naming the flags that are missing or invalid.
     """
     given = {
-        "--coordinator_address": coordinator_address,
-        "--num_processes": num_processes,
-        "--process_id": process_id,
+        "--coordinator-address": coordinator_address,
+        "--num-processes": num_processes,
+        "--process-id": process_id,
     }
     if all(v is None for v in given.values()):
         return None
     missing = [name for name, v in given.items() if v is None]
     if missing:
         raise ValueError(
-            f"{', '.join(missing)} missing: give all of --coordinator_address, "
-            "--num_processes and --process_id (or none of them)"
+            f"{', '.join(missing)} missing: give all of --coordinator-address, "
+            "--num-processes and --process-id (or none of them)"
         )
     if not re.fullmatch(r"\S+:\d+", coordinator_address):
-        raise ValueError(f"--coordinator_address={coordinator_address!r} must be HOST:PORT")
+        raise ValueError(f"--coordinator-address={coordinator_address!r} must be HOST:PORT")
     if num_processes < 1:
-        raise ValueError(f"--num_processes={num_processes} must be >= 1")
+        raise ValueError(f"--num-processes={num_processes} must be >= 1")
     if not 0 <= process_id < num_processes:
         raise ValueError(
-            f"--process_id={process_id} must be in [0, {num_processes}) (--num_processes)"
+            f"--process-id={process_id} must be in [0, {num_processes}) (--num-processes)"
         )
     return ProcessSpec(coordinator_address, num_processes, process_id)
 

@@ -220,11 +220,11 @@ def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
     assert "\n" not in err and "celeb_b" in err
     assert err.startswith("train_attribute_classifier: error: ")
     assert (
-        cli.main(["--data=celeba_local", f"--tfds_data_dir={tmp_path}", f"--out={tmp_path}/x"]) == 2
+        cli.main(["--data=celeba_local", f"--tfds-data-dir={tmp_path}", f"--out={tmp_path}/x"]) == 2
     )
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "prepare_celeba" in err
-    assert cli.main(["--data=synthetic_faces", "--image_size=48", f"--out={tmp_path}/x"]) == 2
+    assert cli.main(["--data=synthetic_faces", "--image-size=48", f"--out={tmp_path}/x"]) == 2
     assert "power of two" in capsys.readouterr().err
     assert cli.main(["--data=synthetic_faces", "--widths=8,x", f"--out={tmp_path}/x"]) == 2
     assert capsys.readouterr().err == (
@@ -234,6 +234,6 @@ def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
     assert cli.main(args) == 2
     err = capsys.readouterr().err
     assert err.startswith("Traceback") and err.endswith(
-        "train_attribute_classifier: error: --steps=0 and --batch_size=64 must be >= 1\n"
+        "train_attribute_classifier: error: --steps=0 and --batch-size=64 must be >= 1\n"
     )
     assert not (tmp_path / "x").exists()

@@ -148,7 +148,7 @@ def test_a_dataset_that_is_not_prepared_names_the_command_that_prepares_it(tmp_p
     assert _rejected(config, tmp_path / "run", errors.DataError) == (
         f"config.data.name='celeba_local': no prepared dataset at {tmp_path}/celeba_local/1.0.0 "
         f"(config.data.tfds_data_dir='{tmp_path}'); build it from the official files with "
-        "`python -m data_prep.prepare_celeba --manual_dir DIR --data_dir DATA_DIR`"
+        "`python -m data_prep.prepare_celeba --manual-dir DIR --data-dir DATA_DIR`"
     )
 
 

@@ -121,7 +121,7 @@ def test_corrupt_jpegs_are_skipped_and_named(shared_data, tmp_path, capsys):
         {garbage_id: b"\xff\xd8 not really a jpeg", truncated_id: truncated},
     )
     status = prepare_celeba.main(
-        ["--manual_dir", str(manual), "--data_dir", str(tmp_path / "out"), "--no_progress"]
+        ["--manual-dir", str(manual), "--data-dir", str(tmp_path / "out"), "--no-progress"]
     )
     out = capsys.readouterr().out
     assert status == 0
@@ -156,11 +156,11 @@ def test_extracted_folder_gives_the_same_dataset_as_the_zip(shared_data, tmp_pat
 def test_existing_dataset_is_reused_not_overwritten(shared_data, tmp_path, capsys):
     _small_manual_dir(shared_data, tmp_path / "manual")
     args = [
-        "--manual_dir",
+        "--manual-dir",
         str(tmp_path / "manual"),
-        "--data_dir",
+        "--data-dir",
         str(tmp_path / "out"),
-        "--no_progress",
+        "--no-progress",
     ]
     assert prepare_celeba.main(args) == 0
     files = sorted((tmp_path / "out").rglob("*"))
@@ -181,7 +181,7 @@ def _official_manual_dir(shared_data: Path, root: Path) -> Path:
 
 
 def _expect_input_error(manual: Path, out_dir: Path, capsys, *fragments: str) -> None:
-    status = prepare_celeba.main(["--manual_dir", str(manual), "--data_dir", str(out_dir)])
+    status = prepare_celeba.main(["--manual-dir", str(manual), "--data-dir", str(out_dir)])
     err = capsys.readouterr().err.strip()
     assert status == 2
     assert "\n" not in err and err.startswith("prepare_celeba: error: "), err  # one line

@@ -227,7 +227,7 @@ def test_celeba64_fast_config_is_the_documented_recipe():
     assert 0 < config.train.ema_decay < 1
     doc = path.read_text()
     assert "python -m facegan_jax.main --config=configs/celeba64_fast.py" in doc
-    assert "python -m data_prep.prepare_celeba --manual_dir" in doc
+    assert "python -m data_prep.prepare_celeba --manual-dir" in doc
     assert "python -m tools.race" in doc and "python -m tools.ablate" in doc
     train.validate_config(config)
 

@@ -159,8 +159,8 @@ def test_dry_run_slurm_one_process_per_node(new_venv):
         *_setup_lines(new_venv, "test,gpu,gcs"),
         "srun --nodes=4 --ntasks=4 --ntasks-per-node=1 bash -c "
         f"'exec {new_venv}/bin/python {MAIN} --config=configs/dcgan64.py "
-        "--workdir=/shared/runs/x --coordinator_address=gpu017:61586 "
-        "--num_processes=$SLURM_NTASKS --process_id=$SLURM_PROCID "
+        "--workdir=/shared/runs/x --coordinator-address=gpu017:61586 "
+        "--num-processes=$SLURM_NTASKS --process-id=$SLURM_PROCID "
         "--config.train.batch_size=256'",
     ]
     # FACEGAN_ACCEL and FACEGAN_COORDINATOR_PORT override the defaults.
@@ -177,8 +177,8 @@ def test_dry_run_slurm_one_process_per_node(new_venv):
         *_setup_lines(new_venv, "test"),
         "srun --nodes=1 --ntasks=1 --ntasks-per-node=1 bash -c "
         f"'exec {new_venv}/bin/python {MAIN} --config=c.py --workdir=w "
-        "--coordinator_address=node7:12345 --num_processes=$SLURM_NTASKS "
-        "--process_id=$SLURM_PROCID'",
+        "--coordinator-address=node7:12345 --num-processes=$SLURM_NTASKS "
+        "--process-id=$SLURM_PROCID'",
     ]
 
 
@@ -202,9 +202,9 @@ def test_slurm_each_task_gets_its_process_id(ready_venv, tmp_path):
             "facegan_jax.main",
             "--config=configs/acgan64.py",
             "--workdir=/shared/w",
-            "--coordinator_address=gpu017:61586",
-            "--num_processes=2",
-            f"--process_id={i}",
+            "--coordinator-address=gpu017:61586",
+            "--num-processes=2",
+            f"--process-id={i}",
             odd,
         ]
 

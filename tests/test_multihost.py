@@ -67,11 +67,11 @@ def test_process_flags_all_or_none():
     assert distributed.spec_from_flags(None, None, None) is None
     spec = distributed.spec_from_flags("10.0.0.1:1234", 4, 3)
     assert spec == distributed.ProcessSpec("10.0.0.1:1234", 4, 3)
-    with pytest.raises(ValueError, match="--num_processes, --process_id missing"):
+    with pytest.raises(ValueError, match="--num-processes, --process-id missing"):
         distributed.spec_from_flags("h:1", None, None)
-    with pytest.raises(ValueError, match=r"--process_id=2 must be in \[0, 2\)"):
+    with pytest.raises(ValueError, match=r"--process-id=2 must be in \[0, 2\)"):
         distributed.spec_from_flags("h:1", 2, 2)
-    with pytest.raises(ValueError, match="--coordinator_address='h' must be HOST:PORT"):
+    with pytest.raises(ValueError, match="--coordinator-address='h' must be HOST:PORT"):
         distributed.spec_from_flags("h", 2, 0)
 
 
@@ -105,9 +105,9 @@ def _start_processes(workdir: Path, data_dir: Path, *overrides: str) -> list:
             f"--workdir={workdir}",
             f"--config.data.tfds_data_dir={data_dir}",
             *overrides,
-            f"--coordinator_address=127.0.0.1:{port}",
-            f"--num_processes={NUM_PROCESSES}",
-            f"--process_id={i}",
+            f"--coordinator-address=127.0.0.1:{port}",
+            f"--num-processes={NUM_PROCESSES}",
+            f"--process-id={i}",
         ]
         with open(log, "w") as f:
             proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=_env(), stdout=f, stderr=f)

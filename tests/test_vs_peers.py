@@ -34,7 +34,7 @@ def test_commands_pin_the_same_work_on_both_sides():
         "--channels-last",
     ]
     fid = vs_peers.commands("fid", "configs/dcgan64.py", peers, "/venv/python", 2)
-    assert "--only=fid" in fid["ours"] and "--fid_batch=50" in fid["ours"]
+    assert "--only=fid" in fid["ours"] and "--fid-batch=50" in fid["ours"]
     assert fid["peer"][1] == "/p/torch_fid_features.py" and "--batch=50" in fid["peer"]
 
 

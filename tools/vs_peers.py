@@ -74,7 +74,7 @@ def commands(
             ],
         }
     return {
-        "ours": [*ours, "--only=fid", "--fid_batch=50", "--fid_steps=6"],
+        "ours": [*ours, "--only=fid", "--fid-batch=50", "--fid-steps=6"],
         "peer": [
             peer_python,
             str(peers / "torch_fid_features.py"),

@@ -38,10 +38,10 @@ NUM_SAMPLES = 1000  # what the peer script saves per mark; ours matches it
 SAMPLE_BATCH = 100
 SINGLE_THREAD_XLA = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
 CLASSIFIER_COMMAND = (
-    "python -m data_prep.prepare_celeba --manual_dir ../shared/data/celeba "
-    "--data_dir ~/tensorflow_datasets && python -m data_prep.train_attribute_classifier "
-    "--data=celeba_local --tfds_data_dir ~/tensorflow_datasets --image_size 64 --steps 2400 "
-    "--seed 1 --widths 40,80,160,320 --feature_dim 320 --out {folder}"
+    "python -m data_prep.prepare_celeba --manual-dir ../shared/data/celeba "
+    "--data-dir ~/tensorflow_datasets && python -m data_prep.train_attribute_classifier "
+    "--data=celeba_local --tfds-data-dir ~/tensorflow_datasets --image-size 64 --steps 2400 "
+    "--seed 1 --widths 40,80,160,320 --feature-dim 320 --out {folder}"
 )
 
 

@@ -3,8 +3,9 @@
 Every command (train, sample, fid, evaluate, report, benchmark, the data_prep tools)
 builds a `Parser` and parses with `parse_args`:
 
-* either spelling of a flag is accepted: `--batch-size` and `--batch_size` are one
-  flag (`normalize`); config overrides (`--config.a_b=...`) and values are left alone;
+* every flag is defined with dashes (`--batch-size`) and either spelling is accepted:
+  `--batch-size` and `--batch_size` are one flag (`normalize`); config overrides
+  (`--config.a_b=...`) and values are left alone;
 * a command with a recipe (`add_config_argument`) takes `--config=configs/x.py[:variant]`
   and any number of `--config.<field>=<value>` overrides, loaded by
   `recipes.load_config` (ml_collections' `config_flags` parses them, so a misspelt

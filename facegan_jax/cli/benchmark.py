@@ -1,7 +1,7 @@
 r"""Benchmarks: train-step, input-pipeline and FID-feature throughput, FLOPs and fraction of peak.
 
   python -m facegan_jax.benchmark --config=configs/dcgan64.py [--only=train,pipeline,fid]
-      [--steps=10] [--peak_gflops=0] [--config.train.batch_size=64]
+      [--steps=10] [--peak-gflops=0] [--config.train.batch_size=64]
 
 `--only=layers` is the profile behind the train figure: every convolution and
 dense layer of G and D, captured with its real input shape at the config's
@@ -107,14 +107,14 @@ def _device_peak(requested: float) -> tuple[float | None, str]:
     import jax
 
     if requested > 0:
-        return requested, "--peak_gflops"
+        return requested, "--peak-gflops"
     if jax.default_backend() != "cpu":
-        return None, "unknown (pass --peak_gflops)"
+        return None, "unknown (pass --peak-gflops)"
     try:
         with open("/proc/cpuinfo") as f:
             info = f.read()
     except OSError:
-        return None, "unknown (no /proc/cpuinfo; pass --peak_gflops)"
+        return None, "unknown (no /proc/cpuinfo; pass --peak-gflops)"
     max_mhz = None
     try:
         with open("/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq") as f:

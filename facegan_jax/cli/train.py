@@ -2,7 +2,7 @@
 
   python -m facegan_jax.main --config=configs/default.py --workdir=runs/default \
       [--config.total_steps=500] \
-      [--coordinator_address=HOST:PORT --num_processes=N --process_id=I | --distributed]
+      [--coordinator-address=HOST:PORT --num-processes=N --process-id=I | --distributed]
 
 `--config` takes a config file (optionally `file.py:variant`); any field can be
 overridden with `--config.<field>=<value>` and a misspelt field is an error

@@ -365,7 +365,7 @@ class CelebaLocal(tfds.core.GeneratorBasedBuilder):
       img_align_celeba.zip (or the extracted img_align_celeba/ folder)
       list_attr_celeba.txt
       list_eval_partition.txt
-    then run: python -m data_prep.prepare_celeba --manual_dir <that folder> --data_dir <out>
+    then run: python -m data_prep.prepare_celeba --manual-dir <that folder> --data-dir <out>
     """
 
     def __init__(self, *, show_progress: bool = True, **kwargs) -> None:

@@ -48,7 +48,7 @@ KNOWN_CROPS = ("none", "celeba_178", "center_160", "box")
 RESIZE_METHODS = ("bilinear", "bicubic")  # config.data.resize; both antialiased
 # Upper bound for the epoch counter of a repeated dataset (effectively infinite).
 _MAX_EPOCHS = 2**40
-PREPARE_COMMAND = "python -m data_prep.prepare_celeba --manual_dir DIR --data_dir DATA_DIR"
+PREPARE_COMMAND = "python -m data_prep.prepare_celeba --manual-dir DIR --data-dir DATA_DIR"
 
 # The face square of aligned CelebA (218x178): rows 20..197, full width, as (top, left,
 # height, width) (`config.data.crop='celeba_178'`; tools.race_data crops the same square).

@@ -32,7 +32,9 @@ Prepare CelebA and the guide classifier once (README), then train:
 Without `loss.guide_classifier` there is no guidance (the other levers stay on).
 Guidance variants measured and left off (docs/experiments.md, fourth stop): `loss.guide_margin`
 (a hinge), `loss.guide_forced_only`, `loss.guide_augment`, `loss.guide_resolution`; none moved
-the control/realism trade-off at weight 1.
+the control/realism trade-off at weight 1; nor did `loss.guide_decay_steps` (fifth stop: control
+falls back to the unguided level once the guide is gone). `loss.g_aux_weight=3` beside the guide
+did move it (0.850 with fd_attr 104 at 45 minutes, one seed), not yet adopted here.
 
 Measured (one core, judged by an independent classifier; README "Attribute control"):
 mean control over 26 attributes 0.842 / 0.825 at 30 minutes and 0.859 / 0.847 at 60 (two

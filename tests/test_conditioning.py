@@ -201,6 +201,9 @@ def test_classifier_guidance_is_the_calibrated_bce_and_trains(saved_folder):
     assert "g_guide" in metrics
     state, metrics = step(state, batch)
     assert "g_guide" not in metrics and np.isfinite(float(metrics["g_loss"]))
+    # Resumed past the decay: unguided from its first step.
+    _, metrics = run.scheduled_train_step(7)(run.create_state(), batch)
+    assert "g_guide" not in metrics
     config.loss.guide_decay_steps = 0
     constant_run = components.build(config)
     assert constant_run.scheduled_train_step(7) is constant_run.train_step

@@ -139,6 +139,11 @@ class Components:
         """`train_step(state, batch) -> (state, metrics)`, jitted over the mesh, state donated."""
         return self._jit_step(guided=True)
 
+    @functools.cached_property
+    def unguided_train_step(self) -> Callable[..., tuple[state_lib.GanState, Any]]:
+        """`train_step` without classifier guidance (what `guide_decay_steps` leaves)."""
+        return self._jit_step(guided=False)
+
     def scheduled_train_step(
         self, first_step: int
     ) -> Callable[..., tuple[state_lib.GanState, dict[str, jax.Array]]]:
@@ -152,11 +157,10 @@ class Components:
         guided = self.config.loss.get("guide_classifier") and self.config.loss.guide_weight > 0
         if not decay or not guided:
             return self.train_step
-        unguided = functools.cache(lambda: self._jit_step(guided=False))
         done = [first_step]
 
         def step(state: state_lib.GanState, batch: Any) -> tuple[state_lib.GanState, Any]:
-            fn = self.train_step if done[0] < decay else unguided()
+            fn = self.train_step if done[0] < decay else self.unguided_train_step
             done[0] += 1
             return fn(state, batch)
 

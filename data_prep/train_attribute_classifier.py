@@ -265,10 +265,10 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the command line; returns the exit status (0 saved, 2 bad input)."""
+    args = _parse(argv)  # before the heavy imports: --help and flag errors answer at once
     from facegan_jax import runtime
 
     runtime.setup()
-    args = _parse(argv)
     return errors.run_command(PROG, lambda: _run(args), verbose=args.verbose)
 
 

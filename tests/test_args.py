@@ -86,3 +86,33 @@ def test_mistakes_are_one_line_with_exit_code_2(argv, message, capsys, monkeypat
     assert exit_info.value.code == errors.EXIT_USAGE
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith(message), err
+
+
+_HELP_PROBE = """
+import runpy, sys
+sys.argv = ["prog", "--help"]
+try:
+    runpy.run_module(sys.argv_module, run_name="__main__")
+except SystemExit as e:
+    assert e.code == 0, e.code
+print("IMPORTED=" + ",".join(m for m in ("tensorflow", "tensorflow_datasets", "torch") if m in sys.modules))
+"""
+
+
+@pytest.mark.parametrize(
+    "module",
+    ["tools.race", "tools.ablate", "tools.wallclock", "data_prep.train_attribute_classifier"],
+)
+def test_help_answers_before_tensorflow_is_imported(module):
+    # --help and flag mistakes answer at once: TensorFlow (~7 s to import) is only
+    # loaded by the code that reads a TFDS dataset.
+    import subprocess
+    import sys
+
+    probe = _HELP_PROBE.replace("sys.argv_module", repr(module))
+    proc = subprocess.run(
+        [sys.executable, "-c", probe], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "usage:" in proc.stdout
+    assert proc.stdout.splitlines()[-1] == "IMPORTED=", f"{module} --help imported TF or torch"

@@ -16,7 +16,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from data_prep import prepare_celeba
-from facegan_jax.data import celeba_local
+from facegan_jax.data import celeba_files, celeba_local
 from facegan_jax.data.celeba_attributes import CELEBA_ATTRIBUTES
 
 
@@ -38,7 +38,7 @@ def _attribute_rows(path: Path, ids: set[str]) -> dict[str, np.ndarray]:
 def test_subset_build_reports_present_and_skipped_counts(shared_build):
     builder, report = shared_build
     assert report.present == {"train": 12_000, "validation": 2_000, "test": 0}
-    assert sum(report.missing.values()) == celeba_local.OFFICIAL_NUM_IMAGES - 14_000
+    assert sum(report.missing.values()) == celeba_files.OFFICIAL_NUM_IMAGES - 14_000
     assert report.corrupt == []
     assert report.md5_status == {
         "list_attr_celeba.txt": "verified",
@@ -254,6 +254,6 @@ def test_missing_image_source_is_an_error(shared_data, tmp_path):
     manual = tmp_path / "manual"
     _small_manual_dir(shared_data, manual)
     (manual / "img_align_celeba.zip").unlink()
-    with pytest.raises(celeba_local.CelebaInputError, match=r"neither img_align_celeba\.zip"):
-        celeba_local.load_manual_files(manual)
+    with pytest.raises(celeba_files.CelebaInputError, match=r"neither img_align_celeba\.zip"):
+        celeba_files.load_manual_files(manual)
     shutil.rmtree(manual)

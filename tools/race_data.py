@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from facegan_jax.data import celeba_local
-from facegan_jax.data.input_pipeline import CELEBA_178_BOX
+from facegan_jax.data import celeba_files
+from facegan_jax.data.celeba_files import CELEBA_178_BOX
 from facegan_jax.errors import RaceError
 
 # The harness runs from a checkout (it is not installed): its defaults are the checkout's
@@ -47,8 +47,8 @@ ZIP_FOLDER = "img_align_celeba/"
 
 def read_partition(path: str | os.PathLike) -> dict[str, int]:
     """`list_eval_partition.txt` -> {'000001.jpg': 0, ...} (the library's parser)."""
-    split_ids, _ = celeba_local.read_partition_file(Path(path))
-    code = {name: c for c, name in celeba_local.PARTITION_TO_SPLIT.items()}
+    split_ids, _ = celeba_files.read_partition_file(Path(path))
+    code = {name: c for c, name in celeba_files.PARTITION_TO_SPLIT.items()}
     return {image_id: code[name] for name, ids in split_ids.items() for image_id in ids}
 
 

@@ -42,6 +42,7 @@ from absl import logging
 from facegan_jax import fileio
 from facegan_jax.data import celeba_local, face_renderer
 from facegan_jax.data.celeba_attributes import CELEBA_ATTRIBUTES, NUM_ATTRIBUTES
+from facegan_jax.data.celeba_files import CELEBA_178_BOX
 
 KNOWN_DATASETS = ("synthetic_faces", "celeba_local", "celeb_a")
 KNOWN_CROPS = ("none", "celeba_178", "center_160", "box")
@@ -49,10 +50,6 @@ RESIZE_METHODS = ("bilinear", "bicubic")  # config.data.resize; both antialiased
 # Upper bound for the epoch counter of a repeated dataset (effectively infinite).
 _MAX_EPOCHS = 2**40
 PREPARE_COMMAND = "python -m data_prep.prepare_celeba --manual-dir DIR --data-dir DATA_DIR"
-
-# The face square of aligned CelebA (218x178): rows 20..197, full width, as (top, left,
-# height, width) (`config.data.crop='celeba_178'`; tools.race_data crops the same square).
-CELEBA_178_BOX = (20, 0, 178, 178)
 
 
 def _is_prepared(builder: tfds.core.DatasetBuilder) -> bool:

@@ -92,34 +92,30 @@ def event_files(workdir: str | os.PathLike) -> list[str]:
 
 
 def _file_scalars(path: str) -> dict[str, dict[int, float]]:
-    """{tag: {step: value}} of one event file (later events at a step win)."""
-    from tensorboard.backend.event_processing import event_file_loader
+    """{tag: {step: value}} of one event file, read with TensorBoard's `EventAccumulator`.
+
+    Every value is kept (no reservoir sampling); a damaged record (a killed run,
+    a full disk) ends the reading with a warning and what was read is kept.
+    """
+    from tensorboard.backend.event_processing import event_accumulator as ea
     from tensorboard.util import tensor_util
 
-    plugin: dict[str, str] = {}
-    out: dict[str, dict[int, float]] = {}
-    events = []
+    accumulator = ea.EventAccumulator(path, size_guidance={ea.SCALARS: 0, ea.TENSORS: 0})
     try:
-        for event in event_file_loader.EventFileLoader(path).Load():
-            events.append(event)
-    except Exception as e:  # a damaged record (killed run, full disk): keep what was read
+        accumulator.Reload()
+    except Exception as e:
         logging.warning("report: could not read all of %s (%s)", path, e)
-    for event in events:
-        if not event.HasField("summary"):
+    tags = accumulator.Tags()
+    out: dict[str, dict[int, float]] = {}
+    for tag in tags.get(ea.SCALARS, []):  # TF1-style simple values
+        out[tag] = {int(e.step): float(e.value) for e in accumulator.Scalars(tag)}
+    for tag in tags.get(ea.TENSORS, []):  # TF2 summaries (clu's writers)
+        if accumulator.SummaryMetadata(tag).plugin_data.plugin_name != "scalars":
             continue
-        for value in event.summary.value:
-            if value.HasField("metadata") and value.metadata.plugin_data.plugin_name:
-                plugin[value.tag] = value.metadata.plugin_data.plugin_name
-            if value.HasField("simple_value"):
-                number = float(value.simple_value)
-            elif value.HasField("tensor") and plugin.get(value.tag) == "scalars":
-                array = tensor_util.make_ndarray(value.tensor)
-                if array.size != 1 or not np.issubdtype(array.dtype, np.number):
-                    continue
-                number = float(array.reshape(()))
-            else:
-                continue
-            out.setdefault(value.tag, {})[int(event.step)] = number
+        for event in accumulator.Tensors(tag):
+            array = tensor_util.make_ndarray(event.tensor_proto)
+            if array.size == 1 and np.issubdtype(array.dtype, np.number):
+                out.setdefault(tag, {})[int(event.step)] = float(array.reshape(()))
     return out
 
 
@@ -127,7 +123,9 @@ def read_scalars(workdir: str | os.PathLike) -> dict[str, Series]:
     """Every scalar logged in `workdir` (e.g. 'train/d_loss', 'eval/fid'), by tag.
 
     Event files are merged oldest first; a newer file's values replace an older
-    file's from that tag's first step in the newer file on (a resumed run).
+    file's from that tag's first step in the newer file on (a resumed run logs
+    the steps after its checkpoint again). TensorBoard's own purge of such steps
+    needs a `SessionLog.START` event, which TF2 summary writers do not write.
     """
     merged: dict[str, dict[int, float]] = {}
     for path in event_files(workdir):

@@ -10,6 +10,7 @@ import pytest
 
 from configs import celeba64_control, default
 from facegan_jax import errors, sharding
+from facegan_jax.data.celeba_attributes import CELEBA_ATTRIBUTES
 from facegan_jax.metrics import attributes
 from facegan_jax.models import build_models
 from facegan_jax.training import augment, components, train_step
@@ -110,6 +111,29 @@ def test_balanced_requests_force_one_attribute_per_picked_row_half_on():
     assert 0.42 < turned_on < 0.48 and 0.035 < turned_off < 0.065
     half = np.asarray(train_step.balance_requests(key, attrs, 0.5)[0])
     assert 0.22 < ((half != np.asarray(attrs)).sum(axis=1) == 1).mean() < 0.28
+
+
+def test_forced_attributes_restrict_which_attribute_a_request_forces(saved_folder):
+    attrs = jnp.zeros((3000, 40), jnp.float32)
+    _, forced = train_step.balance_requests(jax.random.PRNGKey(0), attrs, 1.0, (3, 15, 31))
+    counts = np.asarray(forced).sum(axis=0)
+    assert set(np.flatnonzero(counts)) == {3, 15, 31}  # only the candidates, each ~1/3
+    assert all(900 < counts[j] < 1100 for j in (3, 15, 31))
+    config = _control_config()
+    config.train.forced_attributes = " Male, Smiling,Eyeglasses"
+    assert train_step.forced_candidates(config) == (15, 20, 31)
+    config.train.forced_attributes = ""
+    assert train_step.forced_candidates(config) == ()
+    config.train.forced_attributes = "guide"
+    with pytest.raises(ValueError, match=r"forced_attributes='guide' needs .*guide_classifier"):
+        train_step.forced_candidates(config)
+    config.loss.guide_classifier = str(saved_folder)
+    reliable = attributes.load(saved_folder).reliable_attributes()
+    expected = tuple(sorted(CELEBA_ATTRIBUTES.index(n) for n in reliable))
+    assert train_step.forced_candidates(config) == expected and expected
+    config.train.forced_attributes = "Male,Smilling"
+    with pytest.raises(ValueError, match=r"forced_attributes='Male,Smilling'.*\['Smilling'\]"):
+        train_step.forced_candidates(config)
 
 
 def test_classifier_guidance_is_the_calibrated_bce_and_trains(saved_folder):

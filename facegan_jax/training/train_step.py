@@ -47,7 +47,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import flax.linen as nn
@@ -96,19 +96,22 @@ def update_ema(state: GanState, ema_decay: float) -> GanState:
 
 
 def balance_requests(
-    key: jax.Array, attrs: jax.Array, fraction: float
+    key: jax.Array, attrs: jax.Array, fraction: float, candidates: Sequence[int] = ()
 ) -> tuple[jax.Array, jax.Array]:
     """Real attribute vectors with one attribute forced on or off in `fraction` of the rows.
 
     G is otherwise asked for each attribute at its data frequency (Eyeglasses 6.5 %,
     Bald 2.2 %) and rarely practises the rare ones. Here a row is picked with
-    probability `fraction`; in it one attribute, uniform over the 40, is set to 1 or
-    0 with equal odds, on top of the real vector (so the rest stays plausible).
+    probability `fraction`; in it one attribute, uniform over `candidates` (all A
+    when empty), is set to 1 or 0 with equal odds, on top of the real vector (so
+    the rest stays plausible).
 
     Args:
       key: PRNG key.
       attrs: float {0, 1} [B, A] real attribute vectors.
       fraction: probability that a row gets a forced attribute, in [0, 1].
+      candidates: attribute indices that may be forced (`train.forced_attributes`);
+        empty: all A.
 
     Returns:
       (attributes float [B, A], forced bool [B, A]: the entries this call set).
@@ -116,7 +119,12 @@ def balance_requests(
     k_row, k_attr, k_val = jax.random.split(key, 3)
     B, A = attrs.shape
     picked = jax.random.bernoulli(k_row, fraction, (B, 1))  # [B, 1]
-    which = jax.nn.one_hot(jax.random.randint(k_attr, (B,), 0, A), A, dtype=bool)  # [B, A]
+    if candidates:
+        pool = jnp.asarray(candidates, jnp.int32)  # [K]
+        index = pool[jax.random.randint(k_attr, (B,), 0, len(candidates))]  # [B]
+    else:
+        index = jax.random.randint(k_attr, (B,), 0, A)  # [B]
+    which = jax.nn.one_hot(index, A, dtype=bool)  # [B, A]
     value = jax.random.bernoulli(k_val, 0.5, (B, 1)).astype(attrs.dtype)  # [B, 1]
     forced = picked & which
     return jnp.where(forced, value, attrs), forced
@@ -205,7 +213,41 @@ _CONDITIONAL_ONLY = {
     ("loss", "guide_decay_steps"): 0,
     ("train", "balanced_requests"): 0.0,
     ("train", "forced_weight"): 1.0,
+    ("train", "forced_attributes"): "",
 }
+
+
+def forced_candidates(config: Any) -> tuple[int, ...]:
+    """Indices of the attributes a balanced request may force (`train.forced_attributes`).
+
+    '' : all 40; 'guide': the attributes the guide classifier
+    (`loss.guide_classifier`) reads reliably, so G practises what is measured and
+    guided; otherwise comma-separated CelebA attribute names. Raises a ConfigError
+    naming the field for an unknown name or 'guide' without a guide.
+    """
+    from facegan_jax.data.celeba_attributes import CELEBA_ATTRIBUTES
+
+    spec = str(config.train.get("forced_attributes", "") or "").strip()
+    if not spec:
+        return ()
+    if spec == "guide":
+        folder = config.loss.get("guide_classifier")
+        if not folder:
+            raise errors.ConfigError(
+                "config.train.forced_attributes='guide' needs config.loss.guide_classifier"
+            )
+        from facegan_jax.metrics import attributes as attributes_lib
+
+        names = attributes_lib.load(folder).reliable_attributes()
+    else:
+        names = [n.strip() for n in spec.split(",") if n.strip()]
+    unknown = [n for n in names if n not in CELEBA_ATTRIBUTES]
+    if unknown or not names:
+        raise errors.ConfigError(
+            f"config.train.forced_attributes={spec!r}: unknown attribute(s) {unknown}; give "
+            "'' (all 40), 'guide', or CelebA attribute names separated by commas"
+        )
+    return tuple(sorted(CELEBA_ATTRIBUTES.index(n) for n in set(names)))
 
 
 def validate_schedule(config: Any) -> None:
@@ -303,6 +345,7 @@ class StepSpec:
     r1_every: int
     balanced: float
     forced_weight: float
+    forced_candidates: tuple[int, ...]
     guide: Callable[..., jax.Array] | None
     guide_forced_only: bool
     guide_decay_steps: int
@@ -341,6 +384,7 @@ class StepSpec:
             r1_every=int(config.loss.get("r1_every", 1)),
             balanced=float(config.train.get("balanced_requests", 0.0)),
             forced_weight=float(config.train.get("forced_weight", 1.0)),
+            forced_candidates=forced_candidates(config) if conditional else (),
             guide=make_guidance(config) if conditional else None,
             guide_forced_only=bool(config.loss.get("guide_forced_only", False)),
             guide_decay_steps=int(config.loss.get("guide_decay_steps", 0)),
@@ -473,7 +517,7 @@ def sample_inputs(
     attrs = jax.random.permutation(k_perm, real_attrs, axis=0)  # [B, 40]
     weights = None
     if spec.balanced:
-        attrs, forced = balance_requests(k_bal, attrs, spec.balanced)
+        attrs, forced = balance_requests(k_bal, attrs, spec.balanced, spec.forced_candidates)
         if spec.forced_weight != 1.0:
             # The attribute a request forces weighs `forced_weight` in G's attribute
             # terms: it wins over the real vector's correlated attributes.

@@ -42,6 +42,53 @@ def load_config_file(spec: str, *overrides: str) -> Any:
     return recipes.load_config(spec, overrides)
 
 
+def python_env(num_devices: int = 1) -> dict[str, str]:
+    """This environment for a child Python on the CPU with `num_devices` host devices."""
+    import os
+
+    env = dict(os.environ)
+    env["JAX_PLATFORMS"] = "cpu"
+    flags = [f for f in env.get("XLA_FLAGS", "").split() if "device_count" not in f]
+    if num_devices > 1:
+        flags.append(f"--xla_force_host_platform_device_count={num_devices}")
+    env["XLA_FLAGS"] = " ".join(flags)
+    return env
+
+
+def run_python(args: list[str], num_devices: int = 1, timeout: float = 600) -> str:
+    """Runs `python ARGS` from the repository root on `num_devices` CPU devices and
+    asserts that it succeeded (the stderr tail is the message); returns its stdout."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO_ROOT
+
+    proc = subprocess.run(
+        [sys.executable, *args],
+        cwd=REPO_ROOT,
+        env=python_env(num_devices),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc.stdout
+
+
+def first_step_metrics(config: Any) -> dict[str, np.ndarray]:
+    """The metrics of one jitted train step from the initial state on a fake batch,
+    asserted finite."""
+    from facegan_jax import sharding
+    from facegan_jax.training import components
+
+    run = components.build(config)
+    batch = jax.device_put(fake_batch(config), sharding.batch_sharded(run.mesh))
+    _, metrics = jax.jit(run.train_step_fn())(run.create_state(), batch)
+    metrics = jax.device_get(metrics)
+    assert all(np.isfinite(v) for v in metrics.values()), metrics
+    return metrics
+
+
 def make_workdir(path: Path, config: Any, pool: np.ndarray | None = None) -> str:
     """A workdir holding the initial state as its checkpoint (what training writes first)."""
     from facegan_jax import fileio

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from tests.test_race import _fake_celeba
-from tools import ablate, wallclock
+from tools import ablate, race_data, wallclock
 from tools.ablate import Variant
 
 # Minutes of training or subprocesses: outside the fast subset (`-m "not slow"`).
@@ -118,7 +118,7 @@ def test_variants_run_two_at_a_time_pinned_and_an_interrupted_one_is_retrained(t
     ]
     logs = []
     failed = ablate.run_variants(
-        out, ablate.DEFAULT_CONFIG, variants, _train_npy(tmp_path), 0.02, 0.01,
+        out, race_data.DEFAULT_CONFIG, variants, _train_npy(tmp_path), 0.02, 0.01,
         [0, 1], log=logs.append,
     )  # fmt: skip
     assert list(failed) == ["bad"] and "batch_sise" in failed["bad"]
@@ -134,7 +134,7 @@ def test_variants_run_two_at_a_time_pinned_and_an_interrupted_one_is_retrained(t
     logs.clear()
     variants[2] = Variant("bad", TINY)
     failed = ablate.run_variants(
-        out, ablate.DEFAULT_CONFIG, variants, _train_npy(tmp_path), 0.02, 0.01,
+        out, race_data.DEFAULT_CONFIG, variants, _train_npy(tmp_path), 0.02, 0.01,
         [0, 1], log=logs.append,
     )  # fmt: skip
     assert failed == {}
@@ -151,7 +151,7 @@ def test_the_ablation_command_end_to_end_with_a_race_beside_it(tmp_path, saved_f
     common = [
         "--minutes", "0.02", "--every", "0.01", "--classifier", str(saved_folder),
         "--celeba-dir", str(celeba), "--cache-dir", str(tmp_path / "cache"),
-        "--config", ablate.DEFAULT_CONFIG, *TINY,
+        "--config", race_data.DEFAULT_CONFIG, *TINY,
     ]  # fmt: skip
     # A bad override is named with its variant before anything is written.
     rc = ablate.main(["--out", str(out), *common, "--variant", "x", "--config.model.g_dimm=3"])

@@ -9,6 +9,7 @@ from facegan_jax import errors
 from facegan_jax.cli import args as args_lib
 from facegan_jax.cli import benchmark, train
 from tests.conftest import REPO_ROOT
+from tests.helpers import run_python
 
 
 def test_normalize_rewrites_only_known_flags_before_a_bare_double_dash():
@@ -95,7 +96,8 @@ try:
     runpy.run_module(sys.argv_module, run_name="__main__")
 except SystemExit as e:
     assert e.code == 0, e.code
-print("IMPORTED=" + ",".join(m for m in ("tensorflow", "tensorflow_datasets", "torch") if m in sys.modules))
+heavy = ("tensorflow", "tensorflow_datasets", "torch")
+print("IMPORTED=" + ",".join(m for m in heavy if m in sys.modules))
 """
 
 
@@ -106,13 +108,7 @@ print("IMPORTED=" + ",".join(m for m in ("tensorflow", "tensorflow_datasets", "t
 def test_help_answers_before_tensorflow_is_imported(module):
     # --help and flag mistakes answer at once: TensorFlow (~7 s to import) is only
     # loaded by the code that reads a TFDS dataset.
-    import subprocess
-    import sys
-
     probe = _HELP_PROBE.replace("sys.argv_module", repr(module))
-    proc = subprocess.run(
-        [sys.executable, "-c", probe], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "usage:" in proc.stdout
-    assert proc.stdout.splitlines()[-1] == "IMPORTED=", f"{module} --help imported TF or torch"
+    out = run_python(["-c", probe], timeout=120)
+    assert "usage:" in out
+    assert out.splitlines()[-1] == "IMPORTED=", f"{module} --help imported TF or torch"

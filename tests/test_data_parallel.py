@@ -16,14 +16,11 @@ fell back to one device fails.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
 
-from tests.conftest import REPO_ROOT
+from tests.helpers import run_python
 
 # Minutes of training or subprocesses: outside the fast subset (`-m "not slow"`).
 pytestmark = pytest.mark.slow
@@ -116,21 +113,7 @@ _ACGAN = textwrap.dedent(
 
 
 def _run_on_8_devices(body: str) -> str:
-    env = dict(os.environ)
-    env["XLA_FLAGS"] = (
-        env.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={NUM_DEVICES}"
-    )
-    env["JAX_PLATFORMS"] = "cpu"
-    proc = subprocess.run(
-        [sys.executable, "-c", _COMMON + body],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return proc.stdout
+    return run_python(["-c", _COMMON + body], num_devices=NUM_DEVICES)
 
 
 def test_dcgan_step_on_8_devices_matches_1_device_batchnorm_over_global_batch():

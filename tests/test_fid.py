@@ -3,7 +3,6 @@ weights loader of the training hook (evaluation), the command line (fid_cli)."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import textwrap
@@ -17,6 +16,7 @@ from facegan_jax.cli import fid as fid_cli
 from facegan_jax.metrics import evaluation, fid
 from facegan_jax.metrics import inception_weights as weights_lib
 from tests.conftest import REPO_ROOT
+from tests.helpers import run_python
 
 
 # ----------------------------------------------------------------------------- distances
@@ -217,18 +217,8 @@ def test_two_device_mesh_shards_generator_features_and_stats_match_pytorch_fid(
 ):
     # The suite runs with one in-process CPU device (conftest.py): two fake devices
     # need their own process.
-    env = dict(os.environ)
-    env["XLA_FLAGS"] = env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2"
-    proc = subprocess.run(
-        [sys.executable, "-c", _TWO_DEVICE_SCRIPT, str(inception_fixture_dir)],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "TWO_DEVICE_FID_OK" in proc.stdout
+    out = run_python(["-c", _TWO_DEVICE_SCRIPT, str(inception_fixture_dir)], num_devices=2)
+    assert "TWO_DEVICE_FID_OK" in out
 
 
 def test_try_load_inception_returns_none_with_one_warning_per_unusable_file(tmp_path, monkeypatch):

@@ -24,6 +24,7 @@ import pytest
 
 from facegan_jax import distributed
 from tests.conftest import REPO_ROOT
+from tests.helpers import python_env, run_python
 
 # Minutes of training or subprocesses: outside the fast subset (`-m "not slow"`).
 pytestmark = pytest.mark.slow
@@ -81,16 +82,6 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _env(num_devices: int = 1) -> dict[str, str]:
-    env = dict(os.environ)
-    env["JAX_PLATFORMS"] = "cpu"
-    flags = [f for f in env.get("XLA_FLAGS", "").split() if "device_count" not in f]
-    if num_devices > 1:
-        flags.append(f"--xla_force_host_platform_device_count={num_devices}")
-    env["XLA_FLAGS"] = " ".join(flags)
-    return env
-
-
 def _start_processes(workdir: Path, data_dir: Path, *overrides: str) -> list:
     """Starts the 2 training processes; returns [(Popen, log path)] (logs: stdout + stderr)."""
     port = _free_port()
@@ -110,7 +101,7 @@ def _start_processes(workdir: Path, data_dir: Path, *overrides: str) -> list:
             f"--process-id={i}",
         ]
         with open(log, "w") as f:
-            proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=_env(), stdout=f, stderr=f)
+            proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=python_env(), stdout=f, stderr=f)
         procs.append((proc, log))
     return procs
 
@@ -157,7 +148,7 @@ def two_process_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Pat
     subprocess.run(
         [sys.executable, "-c", prepare, f"--config.data.tfds_data_dir={data_dir}", *_OVERRIDES],
         cwd=REPO_ROOT,
-        env=_env(),
+        env=python_env(),
         check=True,
         capture_output=True,
         timeout=300,
@@ -230,40 +221,18 @@ _REFERENCE = textwrap.dedent(
 
 def test_two_process_run_equals_one_process_on_two_devices(two_process_run):
     workdir, data_dir = two_process_run
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            _REFERENCE,
-            str(workdir),
-            f"--config.data.tfds_data_dir={data_dir}",
-            *_OVERRIDES,
-        ],
-        cwd=REPO_ROOT,
-        env=_env(num_devices=2),
-        capture_output=True,
-        text=True,
-        timeout=540,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    assert "MULTIHOST_MATCH_OK" in proc.stdout
+    args = [str(workdir), f"--config.data.tfds_data_dir={data_dir}", *_OVERRIDES]
+    out = run_python(["-c", _REFERENCE, *args], num_devices=2, timeout=540)
+    assert "MULTIHOST_MATCH_OK" in out
 
 
 def test_two_process_checkpoint_samples_on_one_device(two_process_run, tmp_path):
     workdir, _ = two_process_run
     out = tmp_path / "x.png"
-    cmd = [sys.executable, "-m", "facegan_jax.cli.sample", "--workdir", str(workdir)]
-    proc = subprocess.run(
-        [*cmd, "--seeds", "0-3", "--out", str(out)],
-        cwd=REPO_ROOT,
-        env=_env(num_devices=1),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    cmd = ["-m", "facegan_jax.cli.sample", "--workdir", str(workdir)]
+    stdout = run_python([*cmd, "--seeds", "0-3", "--out", str(out)], timeout=300)
     assert out.stat().st_size > 0
-    assert "wrote 4 samples" in proc.stdout
+    assert "wrote 4 samples" in stdout
 
 
 def test_sigterm_to_one_process_stops_both_at_one_step_with_one_checkpoint(

@@ -175,11 +175,11 @@ def test_config_overrides_pass_through_and_other_arguments_are_refused():
 
 
 def test_race_refuses_a_recipe_it_cannot_race():
-    config = wallclock.load_config(str(race.DEFAULT_CONFIG), ["--config.data.image_size=32"])
+    config = wallclock.load_config(str(race_data.DEFAULT_CONFIG), ["--config.data.image_size=32"])
     with pytest.raises(race.RaceError, match="64x64"):
         wallclock.check_config(config)
     with pytest.raises(race.RaceError, match="train.batch_sise"):
-        wallclock.load_config(str(race.DEFAULT_CONFIG), ["--config.train.batch_sise=3"])
+        wallclock.load_config(str(race_data.DEFAULT_CONFIG), ["--config.train.batch_sise=3"])
 
 
 # ------------------------------------------------------------------------------ our side

@@ -129,26 +129,28 @@ def test_mp4_without_imageio_ffmpeg_says_what_to_install(dc_workdir, tmp_path, c
     assert not out.exists()
 
 
+def _seeded_inputs(workdir, n):
+    """(generate, variables, seeds 0..n-1, their pool vectors, their latents) of a workdir."""
+    generate, variables, _ = components.load_generator(workdir)
+    seeds = np.arange(n)
+    return (
+        generate,
+        variables,
+        seeds,
+        np.asarray(generate.attributes(seeds)),
+        np.asarray(generate.latents(seeds)),
+    )
+
+
 def test_attrs_apply_on_top_of_pool_vectors_and_edit_changes_only_that_input(
     ac_workdir, tmp_path, capsys, monkeypatch
 ):
-    generate, variables, _ = components.load_generator(ac_workdir)
-    seeds = np.arange(3)
-    pool_vectors = np.asarray(generate.attributes(seeds))
-    z = np.asarray(generate.latents(seeds))
+    generate, variables, seeds, pool_vectors, z = _seeded_inputs(ac_workdir, 3)
 
     # --attrs: real vectors with the requested values on top.
-    rc, _, _ = _run(
-        capsys,
-        "--workdir",
-        ac_workdir,
-        "--seeds",
-        "0-2",
-        "--attrs",
-        "Smiling=1,Eyeglasses=0",
-        "--out-dir",
-        tmp_path / "attrs",
-    )
+    seeds_flags = ["--workdir", ac_workdir, "--seeds", "0-2"]
+    attrs_flags = ["--attrs", "Smiling=1,Eyeglasses=0", "--out-dir", tmp_path / "attrs"]
+    rc, _, _ = _run(capsys, *seeds_flags, *attrs_flags)
     assert rc == 0
     expected_vectors = sampling.apply_attribute_values(
         pool_vectors, {SMILING: 1.0, EYEGLASSES: 0.0}
@@ -159,17 +161,7 @@ def test_attrs_apply_on_top_of_pool_vectors_and_edit_changes_only_that_input(
     for i in seeds:
         np.testing.assert_array_equal(_png(tmp_path / "attrs" / f"seed_{i:05d}.png"), expected[i])
     # The older --attributes A,B means A=1,B=1, also on top of the pool vectors.
-    rc, _, _ = _run(
-        capsys,
-        "--workdir",
-        ac_workdir,
-        "--seeds",
-        "0-2",
-        "--attributes",
-        "Smiling",
-        "--out-dir",
-        tmp_path / "old",
-    )
+    rc, _, _ = _run(capsys, *seeds_flags, "--attributes", "Smiling", "--out-dir", tmp_path / "old")
     on = sampling.to_uint8(
         sampling.generate_latents_in_batches(
             generate, variables, z, 3, sampling.apply_attribute_values(pool_vectors, {SMILING: 1.0})
@@ -310,10 +302,7 @@ def _fit_and_walk(dc_workdir, tmp_path, capsys):
 def test_attribute_grid_rows_are_each_attribute_off_then_on_columns_the_seeds(
     ac_workdir, dc_workdir, tmp_path, capsys
 ):
-    generate, variables, _ = components.load_generator(ac_workdir)
-    seeds = np.arange(3)
-    pool_vectors = np.asarray(generate.attributes(seeds))
-    z = np.asarray(generate.latents(seeds))
+    generate, variables, seeds, pool_vectors, z = _seeded_inputs(ac_workdir, 3)
     rc, out, _ = _run(
         capsys, "--workdir", ac_workdir, "--seeds", "0-2",
         "--attribute-grid", "Smiling,Eyeglasses", "--out-dir", tmp_path / "grid",

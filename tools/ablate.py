@@ -45,12 +45,10 @@ from typing import Any
 import numpy as np
 
 from facegan_jax import errors
-from facegan_jax.cli import args as args_lib
 from facegan_jax.errors import RaceError
 from tools import race_data, wallclock
 from tools.wallclock import mark_label
 
-DEFAULT_CONFIG = str(race_data.REPO_ROOT / "configs" / "celeba64_fast.py")
 RACE_SIDES = ("ours", "peer")
 INTERRUPTED = "interrupted"  # <out>/interrupted/<name>-k: unfinished tries, set aside
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+=-]*$")
@@ -118,18 +116,13 @@ def split_variants(
 
 def build_parser() -> argparse.ArgumentParser:
     """Everything but `--variant` and `--config.x=v` (see `split_variants`)."""
-    parser = args_lib.Parser(
-        "ablate",
-        description=__doc__.splitlines()[0],
-        allow_abbrev=False,
+    helps = (
+        "folder for the ablation (resumable)",
+        "cores to run variants on at once",
+        "score a finished --out",
     )
-    parser.add_argument("--minutes", type=float, default=30.0, help="training budget per variant")
-    parser.add_argument("--every", type=float, default=10.0, help="minutes between sample marks")
-    parser.add_argument("--out", required=True, help="folder for the ablation (resumable)")
-    parser.add_argument("--config", default=DEFAULT_CONFIG, help="the recipe (configs/*.py)")
+    parser = wallclock.comparison_parser("ablate", __doc__, "variant", 10.0, helps)
     parser.add_argument("--race", help="a finished race folder to add to the table")
-    wallclock.add_judge_arguments(parser, cores_help="cores to run variants on at once")
-    parser.add_argument("--evaluate-only", action="store_true", help="score a finished --out")
     return parser
 
 
@@ -296,13 +289,7 @@ def format_table(
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the ablation; errors are one line (exit 2), a failed variant exits 1 after the table."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    verbose = "--verbose" in argv
-    argv = [a for a in argv if a != "--verbose"]
-    try:
-        _main(argv)
-    except errors.FaceganError as e:
-        return errors.report(e, prog=PROG, verbose=verbose)
-    return 0
+    return errors.run_command(PROG, lambda: _main(argv), verbose="--verbose" in argv)
 
 
 def _main(argv: list[str]) -> None:

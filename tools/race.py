@@ -72,7 +72,6 @@ from facegan_jax.errors import RaceError
 from tools import race_data, wallclock
 from tools.wallclock import mark_label
 
-DEFAULT_CONFIG = str(race_data.REPO_ROOT / "configs" / "celeba64_fast.py")
 DEFAULT_PEER = str(race_data.SHARED / "peers" / "torch_dcgan_train.py")
 DEFAULT_PEER_PYTHON = os.environ.get(
     "FACEGAN_PEER_PYTHON", str(race_data.REPO_ROOT / ".venv-peers" / "bin" / "python")
@@ -359,34 +358,22 @@ def write_report(out: Path, scored: dict[str, Any], meta: dict[str, Any], log=pr
 # ----------------------------------------------------------------------------- CLI
 def build_parser() -> argparse.ArgumentParser:
     """The race's command line (unknown `--config.x=v` arguments are config overrides)."""
-    parser = args_lib.Parser(
-        "race",
-        description=__doc__.splitlines()[0],
-        allow_abbrev=False,
+    helps = (
+        "new folder for everything the race writes",
+        "cores for ours,peer (default 0,1)",
+        "score an existing --out again",
     )
-    parser.add_argument("--minutes", type=float, default=30.0, help="training budget per side")
-    parser.add_argument("--every", type=float, default=5.0, help="minutes between sample marks")
-    parser.add_argument("--out", required=True, help="new folder for everything the race writes")
-    parser.add_argument("--config", default=DEFAULT_CONFIG, help="our recipe (configs/*.py)")
+    parser = wallclock.comparison_parser("race", __doc__, "side", 5.0, helps)
     parser.add_argument("--peer", default=DEFAULT_PEER, help="the peer training script")
     parser.add_argument("--peer-python", default=DEFAULT_PEER_PYTHON, help="the peer venv python")
-    wallclock.add_judge_arguments(parser, cores_help="cores for ours,peer (default 0,1)")
-    parser.add_argument(
-        "--evaluate-only", action="store_true", help="score an existing --out again"
-    )
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the race; errors are one line, exit 2 / 1."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    verbose = "--verbose" in argv
-    argv = [a for a in argv if a != "--verbose"]
-    try:
-        _race_main(*args_lib.parse_with_overrides(build_parser(), argv))
-    except errors.FaceganError as e:
-        return errors.report(e, prog=PROG, verbose=verbose)
-    return 0
+    body = lambda: _race_main(*args_lib.parse_with_overrides(build_parser(), argv))  # noqa: E731
+    return errors.run_command(PROG, body, verbose="--verbose" in argv)
 
 
 def _race_main(args: argparse.Namespace, overrides: list[str]) -> None:

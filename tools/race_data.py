@@ -27,6 +27,8 @@ from facegan_jax.errors import RaceError
 # The harness runs from a checkout (it is not installed): its defaults are the checkout's
 # `configs/` and the shared folder beside it, or wherever FACEGAN_SHARED points.
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# The recipe the race and the ablation train by default.
+DEFAULT_CONFIG = str(REPO_ROOT / "configs" / "celeba64_fast.py")
 SHARED = Path(os.environ.get("FACEGAN_SHARED", str(REPO_ROOT.parent / "shared")))
 DEFAULT_CELEBA = str(SHARED / "data" / "celeba")
 DEFAULT_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "facegan_jax", "race")

@@ -318,10 +318,26 @@ def check_cores(cores: Sequence[int], count: int | None = None) -> None:
         raise RaceError(f"--cores {','.join(map(str, cores))}: need {need} of {sorted(allowed)}")
 
 
-def add_judge_arguments(parser: argparse.ArgumentParser, cores_help: str) -> None:
-    """The arguments every comparison shares: the judge, the CelebA arrays, FID weights, cores."""
+def comparison_parser(
+    prog: str, doc: str, unit: str, every: float, helps: tuple[str, str, str]
+) -> argparse.ArgumentParser:
+    """The parser of a comparison (the race, the ablation) with the arguments they share.
+
+    Budget per `unit`, marks every `every` minutes, --out, --config, the judge, the
+    CelebA arrays, FID weights, cores and --evaluate-only; `helps` are the help
+    texts of --out, --cores and --evaluate-only. The caller adds its own.
+    """
+    from facegan_jax.cli import args as args_lib
     from tools import race_data
 
+    out_help, cores_help, evaluate_help = helps
+    parser = args_lib.Parser(prog, description=doc.splitlines()[0], allow_abbrev=False)
+    parser.add_argument("--minutes", type=float, default=30.0, help=f"training budget per {unit}")
+    parser.add_argument("--every", type=float, default=every, help="minutes between sample marks")
+    parser.add_argument("--out", required=True, help=out_help)
+    parser.add_argument(
+        "--config", default=race_data.DEFAULT_CONFIG, help="our recipe (configs/*.py)"
+    )
     parser.add_argument("--classifier", help="attribute classifier folder (the fd_attr judge)")
     parser.add_argument(
         "--celeba-dir", default=race_data.DEFAULT_CELEBA, help="CelebA manual-download folder"
@@ -331,6 +347,9 @@ def add_judge_arguments(parser: argparse.ArgumentParser, cores_help: str) -> Non
     )
     parser.add_argument("--fid-weights", help="pytorch-fid Inception weights (default: the cache)")
     parser.add_argument("--cores", default="0,1", help=cores_help)
+    parser.add_argument("--evaluate-only", action="store_true", help=evaluate_help)
+    errors.add_verbose_flag(parser)
+    return parser
 
 
 def parse_cores(text: str) -> list[int]:

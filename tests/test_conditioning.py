@@ -6,6 +6,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from configs import celeba64_control, default
@@ -131,6 +132,21 @@ def test_forced_attributes_restrict_which_attribute_a_request_forces(saved_folde
     reliable = attributes.load(saved_folder).reliable_attributes()
     expected = tuple(sorted(CELEBA_ATTRIBUTES.index(n) for n in reliable))
     assert train_step.forced_candidates(config) == expected and expected
+    # Wired into the step: with forced_weight != 1 the forced entries are the weighted
+    # ones, and every request forces Male or Smiling only.
+    config.loss.guide_classifier = None
+    config.train.forced_attributes = "Male,Smiling"
+    g, d = build_models(config)
+    spec = train_step.StepSpec.from_config(config, g, d, optax.adam(1e-3), optax.adam(1e-3))
+    assert spec.forced_candidates == (20, 31) and spec.forced_weight != 1.0
+    real = (jax.random.uniform(jax.random.PRNGKey(2), (256, 40)) < 0.3).astype(jnp.float32)
+    requests = train_step.sample_inputs(spec, jax.random.PRNGKey(3), 256, real)
+    weighted = np.asarray(requests.weights) != 1.0  # [B, 40]
+    assert weighted.sum(axis=1).max() == 1 and weighted.any(axis=0).nonzero()[0].tolist() == [
+        20,
+        31,
+    ]
+    config.loss.guide_classifier = str(saved_folder)
     config.train.forced_attributes = "Male,Smilling"
     with pytest.raises(ValueError, match=r"forced_attributes='Male,Smilling'.*\['Smilling'\]"):
         train_step.forced_candidates(config)

@@ -160,7 +160,8 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     # real vector's correlated ones (Male asked for on a vector with Wearing_Lipstick).
     train.forced_weight = 1.0
     # Which attributes a balanced request may force: '' all 40; 'guide' the ones the
-    # guide classifier (loss.guide_classifier) reads reliably; or names, comma-separated.
+    # guide classifier (loss.guide_classifier) reads reliably (all 40 without a guide);
+    # or names, comma-separated.
     train.forced_attributes = ""
     # bfloat16 compute with float32 parameters, optimizer state and losses.
     train.mixed_precision = False

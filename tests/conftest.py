@@ -9,7 +9,10 @@ cannot pass silently without the data.
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +25,19 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # all-reduce rendezvous timeout (seen here, a hard abort). Data parallelism is
 # tested in a subprocess with 2 fake devices and tiny shapes (test_data_parallel.py).
 os.environ.setdefault("XLA_FLAGS", "")
+# One persistent compilation cache for the whole session, in-process and in every child
+# Python (they inherit the environment): the suite compiles the same runlocal steps in
+# many tests and subprocesses; XLA:CPU takes ~20 s per train-step compile on 2 cores,
+# a cache hit ~2 s. A fresh folder per session (removed at exit), so nothing stale.
+os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="facegan_jax_cache_")
+os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.5"
 
 import pytest
 
 from facegan_jax import runtime
+
+COMPILATION_CACHE = Path(os.environ["JAX_COMPILATION_CACHE_DIR"])
+atexit.register(shutil.rmtree, COMPILATION_CACHE, ignore_errors=True)
 
 # What every entry point does first (XLA:CPU conv flag, PRNG option, TF off accelerators).
 runtime.setup()
@@ -136,23 +148,7 @@ def saved_folder(synth_classifier, tmp_path_factory) -> Path:
     return synth_classifier.save(tmp_path_factory.mktemp("classifier"))
 
 
-@pytest.fixture(scope="module")
-def shared_compilation_cache(tmp_path_factory):
-    """A persistent JAX compilation cache shared by the modules that use it; yields its folder.
-
-    The robustness tests compile the same runlocal train step in several processes
-    and modules; XLA:CPU takes ~20 s per compile on 2 cores, the cache ~2 s.
-    """
-    import jax
-    from jax.experimental.compilation_cache import compilation_cache
-
-    names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs")
-    before = {name: getattr(jax.config, name) for name in names}
-    path = tmp_path_factory.getbasetemp() / "jax_cache"
-    jax.config.update(names[0], str(path))
-    jax.config.update(names[1], 0)
-    compilation_cache.reset_cache()
-    yield path
-    for name, value in before.items():
-        jax.config.update(name, value)
-    compilation_cache.reset_cache()
+@pytest.fixture(scope="session")
+def shared_compilation_cache() -> Path:
+    """The session's persistent JAX compilation cache folder (see COMPILATION_CACHE)."""
+    return COMPILATION_CACHE

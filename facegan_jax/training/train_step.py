@@ -222,8 +222,9 @@ def forced_candidates(config: Any) -> tuple[int, ...]:
 
     '' : all 40; 'guide': the attributes the guide classifier
     (`loss.guide_classifier`) reads reliably, so G practises what is measured and
-    guided; otherwise comma-separated CelebA attribute names. Raises a ConfigError
-    naming the field for an unknown name or 'guide' without a guide.
+    guided (all 40 when the run has no guide classifier, so a recipe that sets 'guide'
+    also runs unguided); otherwise comma-separated CelebA attribute names. Raises a
+    ConfigError naming the field for an unknown name.
     """
     from facegan_jax.data.celeba_attributes import CELEBA_ATTRIBUTES
 
@@ -233,9 +234,7 @@ def forced_candidates(config: Any) -> tuple[int, ...]:
     if spec == "guide":
         folder = config.loss.get("guide_classifier")
         if not folder:
-            raise errors.ConfigError(
-                "config.train.forced_attributes='guide' needs config.loss.guide_classifier"
-            )
+            return ()  # no guide: every attribute may be forced
         from facegan_jax.metrics import attributes as attributes_lib
 
         names = attributes_lib.load(folder).reliable_attributes()

@@ -174,7 +174,9 @@ def test_the_ablation_command_end_to_end_with_a_race_beside_it(tmp_path, saved_f
     assert list(result["runs"]) == ["recipe", "seed1", "race:ours", "race:peer"]
     # Real images are closer to real ones than any tiny generator's samples, and two
     # seeds of one recipe are two different generators (scored separately, not copied).
-    assert all(r[-1]["fd_attr"] > 1.5 * result["floor"]["fd_attr"] for r in result["runs"].values())
+    # (Strictly above the floor, no margin: how many steps a 0.02-minute run makes
+    # depends on the machine, and a margin of 1.5x failed once when more steps fit.)
+    assert all(r[-1]["fd_attr"] > result["floor"]["fd_attr"] for r in result["runs"].values())
     assert result["runs"]["recipe"][-1]["fd_attr"] != result["runs"]["seed1"][-1]["fd_attr"]
     assert (
         result["runs"]["race:ours"]

@@ -18,9 +18,6 @@ from tests.helpers import tiny_config
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
-pytestmark = pytest.mark.usefixtures("shared_compilation_cache")
-
-
 def _main(workdir: Path, *flags: str, env: dict[str, str] | None = None):
     return subprocess.run(
         [

@@ -18,8 +18,6 @@ from facegan_jax import workdir as workdir_lib
 from facegan_jax.training import checkpointing, components
 from tests.helpers import fake_batch, tiny_config
 
-pytestmark = pytest.mark.usefixtures("shared_compilation_cache")
-
 
 @pytest.fixture(scope="module")
 def run():

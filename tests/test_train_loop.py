@@ -21,8 +21,6 @@ from facegan_jax.training import checkpointing, loop, train
 from facegan_jax.training import train_step as train_step_lib
 from tests.helpers import tiny_config
 
-pytestmark = pytest.mark.usefixtures("shared_compilation_cache")
-
 
 @pytest.fixture(scope="module")
 def tfds_dir(synth_tfds_dir):

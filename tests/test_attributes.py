@@ -237,3 +237,96 @@ def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
         "train_attribute_classifier: error: --steps=0 and --batch-size=64 must be >= 1\n"
     )
     assert not (tmp_path / "x").exists()
+
+
+# ----------------------------------------------------------------------------- robust training
+def test_adversarial_images_move_eps_along_the_gradient_and_stay_in_range():
+    rng = np.random.default_rng(0)
+    images = rng.uniform(-0.5, 0.5, (3, 8, 8, 3)).astype(np.float32)
+    grads = rng.normal(size=(3, 8, 8, 3)).astype(np.float32) * np.array([1e-3, 1.0, 50.0])[
+        :, None, None, None
+    ].astype(np.float32)
+    moved = np.asarray(attributes.adversarial_images(images, grads, 0.5))
+    step = (moved - images).reshape(3, -1)
+    np.testing.assert_allclose(np.linalg.norm(step, axis=1), 0.5, rtol=1e-5)  # eps, any scale
+    unit = grads.reshape(3, -1) / np.linalg.norm(grads.reshape(3, -1), axis=1, keepdims=True)
+    np.testing.assert_allclose(step / 0.5, unit, atol=1e-6)  # along the gradient
+    far = np.asarray(attributes.adversarial_images(images, grads, 100.0))
+    assert far.min() >= -1.0 and far.max() <= 1.0 and (np.abs(far) == 1.0).mean() > 0.5
+
+
+def _symmetric_batches(images: np.ndarray, labels: np.ndarray):
+    # Mirror-symmetric faces: the step's random flips leave them unchanged.
+    images = np.concatenate([images[:, :, :16], images[:, :, :16][:, :, ::-1]], axis=2)
+    while True:
+        yield {"image": images, "attributes": labels}
+
+
+def test_adversarial_training_loss_is_the_mean_of_clean_and_moved_batches(synth_classifier, bank):
+    import jax
+    import jax.numpy as jnp
+
+    images, labels = bank[0][:16], bank[1][:16]
+    batch = next(_symmetric_batches(images, labels))
+    config = attributes.TrainConfig(
+        image_size=32,
+        steps=1,
+        learning_rate=0.0,  # parameters stay the init's: the loss is computed from them
+        widths=tuple(synth_classifier.widths),
+        feature_dim=synth_classifier.feature_dim,
+        adversarial_eps=1.5,
+    )
+    seen = []
+    trained = attributes.train_classifier(
+        config,
+        _symmetric_batches(images, labels),
+        {"image": batch["image"], "attributes": labels},
+        progress=lambda step, total, loss: seen.append(loss),
+        init=synth_classifier,
+    )
+    # Starting from `init` (not a fresh network): with a zero rate the weights are the init's.
+    for a, b in zip(jax.tree.leaves(trained.params), jax.tree.leaves(synth_classifier.params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    net = attributes.AttributeNet(
+        widths=tuple(synth_classifier.widths), feature_dim=synth_classifier.feature_dim
+    )
+    x, y = jnp.asarray(batch["image"]), jnp.asarray(labels)
+
+    def loss(x):  # plain BCE (no positive weights), summed over attributes, mean over images
+        logits, _ = net.apply({"params": synth_classifier.params}, x)
+        per = y * jax.nn.softplus(-logits) + (1 - y) * jax.nn.softplus(logits)
+        return jnp.mean(jnp.sum(per, axis=-1))
+
+    clean, grads = jax.value_and_grad(loss)(x)
+    moved = loss(attributes.adversarial_images(x, grads, 1.5))
+    assert moved > clean  # the moved batch is harder
+    np.testing.assert_allclose(seen[0], 0.5 * (clean + moved), rtol=1e-4)
+
+
+def test_init_must_match_the_network_it_continues(synth_classifier, bank):
+    config = attributes.TrainConfig(image_size=32, steps=1, widths=(8, 8, 8), feature_dim=16)
+    with pytest.raises(ValueError, match="init classifier has"):
+        attributes.train_classifier(
+            config,
+            _symmetric_batches(*bank),
+            {"image": bank[0], "attributes": bank[1]},
+            init=synth_classifier,
+        )
+
+
+def test_cli_robust_flags_bad_input_is_one_line_and_exit_2(tmp_path, capsys, saved_folder):
+    out = f"--out={tmp_path / 'x'}"
+    assert cli.main(["--data=synthetic_faces", "--adversarial-eps=-1", out]) == 2
+    assert capsys.readouterr().err == (
+        "train_attribute_classifier: error: --adversarial-eps=-1.0 must be >= 0\n"
+    )
+    assert cli.main(["--data=synthetic_faces", f"--init-from={tmp_path / 'nope'}", out]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--init-from" in err and str(tmp_path / "nope") in err
+    assert (
+        cli.main(["--data=synthetic_faces", "--image-size=64", f"--init-from={saved_folder}", out])
+        == 2
+    )
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "trained at 32x32, not --image-size=64" in err
+    assert not (tmp_path / "x").exists()

@@ -179,8 +179,12 @@ def train(
             init = attributes.load(init_from)
         except attributes.ClassifierFileError as e:
             raise DataError(f"--init-from: {e}") from None
-        widths = widths or tuple(init.widths)
-        feature_dim = init.feature_dim
+        if widths and tuple(widths) != tuple(init.widths):
+            raise DataError(
+                f"--widths={','.join(map(str, widths))} differs from --init-from={init_from}'s "
+                f"{','.join(map(str, init.widths))}; leave --widths out to fine-tune"
+            )
+        widths, feature_dim = tuple(init.widths), init.feature_dim
         if init.image_size != image_size:
             raise DataError(
                 f"--init-from={init_from} was trained at {init.image_size}x{init.image_size}, "
@@ -289,7 +293,9 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         help="L2 radius of adversarial training in [-1, 1] units (0: off): a robust guide",
     )
     parser.add_argument(
-        "--init-from", default=None, help="classifier folder to fine-tune instead of from scratch"
+        "--init-from",
+        default=None,
+        help="classifier folder to fine-tune (its widths and feature size) instead of from scratch",
     )
     parser.add_argument("--val-split", default="validation")
     parser.add_argument("--synthetic-num-train", type=int, default=None)

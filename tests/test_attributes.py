@@ -329,4 +329,8 @@ def test_cli_robust_flags_bad_input_is_one_line_and_exit_2(tmp_path, capsys, sav
     )
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "trained at 32x32, not --image-size=64" in err
+    widths = ["--image-size=32", "--widths=8,8,8", f"--init-from={saved_folder}", out]
+    assert cli.main(["--data=synthetic_faces", *widths]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--widths=8,8,8 differs from" in err and "16,32,64" in err
     assert not (tmp_path / "x").exists()

@@ -163,6 +163,9 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     # guide classifier (loss.guide_classifier) reads reliably (all 40 without a guide);
     # or names, comma-separated.
     train.forced_attributes = ""
+    # Relative odds of forcing each of those: 'Name:factor,...' ('Male:3': Male is forced
+    # 3x as often as each other candidate, so G practises it more); '' uniform.
+    train.forced_emphasis = ""
     # bfloat16 compute with float32 parameters, optimizer state and losses.
     train.mixed_precision = False
 

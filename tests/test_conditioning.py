@@ -151,6 +151,44 @@ def test_forced_attributes_restrict_which_attribute_a_request_forces(saved_folde
         train_step.forced_candidates(config)
 
 
+def test_forced_emphasis_sets_how_often_each_attribute_is_forced():
+    attrs = jnp.zeros((6000, 40), jnp.float32)
+    key = jax.random.PRNGKey(0)
+    # Odds 3 : 1 : 2 over three candidates: forced 1/2, 1/6 and 1/3 of the time.
+    _, forced = train_step.balance_requests(key, attrs, 1.0, (3, 15, 31), (3.0, 1.0, 2.0))
+    counts = np.asarray(forced).sum(axis=0)
+    assert set(np.flatnonzero(counts)) == {3, 15, 31}
+    assert 2850 < counts[3] < 3150 and 900 < counts[15] < 1100 and 1850 < counts[31] < 2150
+    # No odds: the uniform draw, unchanged from before the field existed.
+    uniform = train_step.balance_requests(key, attrs, 1.0, (3, 15, 31))[1]
+    assert 1850 < np.asarray(uniform)[:, 15].sum() < 2150
+    config = _control_config()
+    assert train_step.forced_odds(config, ()) == ()  # '' : uniform
+    config.train.forced_emphasis = "Male:3, Smiling:2"
+    odds = train_step.forced_odds(config, ())
+    assert len(odds) == 40 and odds[20] == 3.0 and odds[31] == 2.0 and sum(odds) == 43.0
+    assert train_step.forced_odds(config, (15, 20, 31)) == (1.0, 3.0, 2.0)
+    # Wired into the step: Male is forced three times as often as each other attribute.
+    config.train.forced_attributes = "Eyeglasses,Male,Smiling"
+    g, d = build_models(config)
+    spec = train_step.StepSpec.from_config(config, g, d, optax.adam(1e-3), optax.adam(1e-3))
+    assert spec.forced_odds == (1.0, 3.0, 2.0)
+    real = (jax.random.uniform(jax.random.PRNGKey(2), (3000, 40)) < 0.3).astype(jnp.float32)
+    requests = train_step.sample_inputs(spec, jax.random.PRNGKey(3), 3000, real)
+    per_attribute = (np.asarray(requests.weights) != 1.0).sum(axis=0)
+    assert 1350 < per_attribute[20] < 1650 and 400 < per_attribute[15] < 600
+    for bad, message in [
+        ("Male", "not 'Name:factor'"),
+        ("Male:0", "not 'Name:factor'"),
+        ("Male:x", "not 'Name:factor'"),
+        ("Smilling:2", "unknown attribute 'Smilling'"),
+        ("Bald:2", "Bald is not one of the attributes a request may force"),
+    ]:
+        config.train.forced_emphasis = bad
+        with pytest.raises(ValueError, match=rf"forced_emphasis='{bad}': .*{message}"):
+            train_step.forced_odds(config, (15, 20, 31))
+
+
 def test_classifier_guidance_is_the_calibrated_bce_and_trains(saved_folder):
     classifier = attributes.load(saved_folder)
     config = _control_config()

@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -96,7 +97,11 @@ def update_ema(state: GanState, ema_decay: float) -> GanState:
 
 
 def balance_requests(
-    key: jax.Array, attrs: jax.Array, fraction: float, candidates: Sequence[int] = ()
+    key: jax.Array,
+    attrs: jax.Array,
+    fraction: float,
+    candidates: Sequence[int] = (),
+    odds: Sequence[float] = (),
 ) -> tuple[jax.Array, jax.Array]:
     """Real attribute vectors with one attribute forced on or off in `fraction` of the rows.
 
@@ -112,6 +117,8 @@ def balance_requests(
       fraction: probability that a row gets a forced attribute, in [0, 1].
       candidates: attribute indices that may be forced (`train.forced_attributes`);
         empty: all A.
+      odds: relative odds of forcing each candidate (of each of the A attributes
+        when `candidates` is empty; `train.forced_emphasis`); empty: uniform.
 
     Returns:
       (attributes float [B, A], forced bool [B, A]: the entries this call set).
@@ -119,11 +126,14 @@ def balance_requests(
     k_row, k_attr, k_val = jax.random.split(key, 3)
     B, A = attrs.shape
     picked = jax.random.bernoulli(k_row, fraction, (B, 1))  # [B, 1]
-    if candidates:
-        pool = jnp.asarray(candidates, jnp.int32)  # [K]
-        index = pool[jax.random.randint(k_attr, (B,), 0, len(candidates))]  # [B]
+    pool = jnp.asarray(candidates if candidates else range(A), jnp.int32)  # [K]
+    if odds:
+        if len(odds) != len(pool):
+            raise ValueError(f"{len(odds)} odds for {len(pool)} candidate attributes")
+        logits = jnp.log(jnp.asarray(odds, jnp.float32))  # [K]
+        index = pool[jax.random.categorical(k_attr, logits, shape=(B,))]  # [B]
     else:
-        index = jax.random.randint(k_attr, (B,), 0, A)  # [B]
+        index = pool[jax.random.randint(k_attr, (B,), 0, len(pool))]  # [B]
     which = jax.nn.one_hot(index, A, dtype=bool)  # [B, A]
     value = jax.random.bernoulli(k_val, 0.5, (B, 1)).astype(attrs.dtype)  # [B, 1]
     forced = picked & which
@@ -214,6 +224,7 @@ _CONDITIONAL_ONLY = {
     ("train", "balanced_requests"): 0.0,
     ("train", "forced_weight"): 1.0,
     ("train", "forced_attributes"): "",
+    ("train", "forced_emphasis"): "",
 }
 
 
@@ -247,6 +258,47 @@ def forced_candidates(config: Any) -> tuple[int, ...]:
             "'' (all 40), 'guide', or CelebA attribute names separated by commas"
         )
     return tuple(sorted(CELEBA_ATTRIBUTES.index(n) for n in set(names)))
+
+
+def forced_odds(config: Any, candidates: Sequence[int]) -> tuple[float, ...]:
+    """Relative odds of forcing each of `candidates` (all 40 when empty), or () for uniform.
+
+    `train.forced_emphasis`: 'Name:factor,...' (for example 'Male:3,Smiling:2'): a balanced
+    request forces that attribute `factor` times as often as each other candidate, so G
+    practises the attributes it gets wrong (or a user cares about) more. Raises a
+    ConfigError naming the field for an unknown name, a name that is not a candidate of
+    `train.forced_attributes`, or a factor that is not a positive number.
+    """
+    from facegan_jax.data.celeba_attributes import CELEBA_ATTRIBUTES
+
+    field = "config.train.forced_emphasis"
+    spec = str(config.train.get("forced_emphasis", "") or "").strip()
+    if not spec:
+        return ()
+    pool = list(candidates) if candidates else list(range(len(CELEBA_ATTRIBUTES)))
+    odds = [1.0] * len(pool)
+    for item in (part.strip() for part in spec.split(",")):
+        name, sep, factor = item.partition(":")
+        name = name.strip()
+        try:
+            value = float(factor) if sep else float("nan")
+        except ValueError:
+            value = float("nan")
+        if not value > 0 or not math.isfinite(value):
+            raise errors.ConfigError(
+                f"{field}={spec!r}: {item!r} is not 'Name:factor' with a factor > 0 "
+                "(for example 'Male:3,Smiling:2')"
+            )
+        if name not in CELEBA_ATTRIBUTES:
+            raise errors.ConfigError(f"{field}={spec!r}: unknown attribute {name!r}")
+        index = CELEBA_ATTRIBUTES.index(name)
+        if index not in pool:
+            raise errors.ConfigError(
+                f"{field}={spec!r}: {name} is not one of the attributes a request may force "
+                f"(config.train.forced_attributes={config.train.get('forced_attributes', '')!r})"
+            )
+        odds[pool.index(index)] = value
+    return tuple(odds)
 
 
 def validate_schedule(config: Any) -> None:
@@ -345,6 +397,7 @@ class StepSpec:
     balanced: float
     forced_weight: float
     forced_candidates: tuple[int, ...]
+    forced_odds: tuple[float, ...]
     guide: Callable[..., jax.Array] | None
     guide_forced_only: bool
     guide_decay_steps: int
@@ -361,6 +414,7 @@ class StepSpec:
         """Validates `config`'s step settings and reads them (see `validate_schedule`)."""
         validate_schedule(config)
         conditional = models.is_conditional(config)
+        candidates = forced_candidates(config) if conditional else ()
         return cls(
             generator=generator,
             discriminator=discriminator,
@@ -383,7 +437,8 @@ class StepSpec:
             r1_every=int(config.loss.get("r1_every", 1)),
             balanced=float(config.train.get("balanced_requests", 0.0)),
             forced_weight=float(config.train.get("forced_weight", 1.0)),
-            forced_candidates=forced_candidates(config) if conditional else (),
+            forced_candidates=candidates,
+            forced_odds=forced_odds(config, candidates) if conditional else (),
             guide=make_guidance(config) if conditional else None,
             guide_forced_only=bool(config.loss.get("guide_forced_only", False)),
             guide_decay_steps=int(config.loss.get("guide_decay_steps", 0)),
@@ -516,7 +571,9 @@ def sample_inputs(
     attrs = jax.random.permutation(k_perm, real_attrs, axis=0)  # [B, 40]
     weights = None
     if spec.balanced:
-        attrs, forced = balance_requests(k_bal, attrs, spec.balanced, spec.forced_candidates)
+        attrs, forced = balance_requests(
+            k_bal, attrs, spec.balanced, spec.forced_candidates, spec.forced_odds
+        )
         if spec.forced_weight != 1.0:
             # The attribute a request forces weighs `forced_weight` in G's attribute
             # terms: it wins over the real vector's correlated attributes.

@@ -49,3 +49,24 @@ def test_missing_peers_or_venv_is_one_line_and_exit_2(tmp_path, capsys):
     assert err.startswith(f"vs_peers: error: --peer-python={missing} does not exist") and (
         err.count("\n") == 1
     )
+
+
+def test_conv_backend_reaches_our_side_only_and_is_printed(tmp_path, monkeypatch, capsys):
+    (tmp_path / "torch_dcgan.py").write_text("")
+    peer_python = tmp_path / "python"
+    peer_python.write_text("")
+    seen = []
+
+    def fake_run_side(command, name, env=None):
+        seen.append((name, None if env is None else env["FACEGAN_CONV_BACKEND"]))
+        return 80.0 if name else 64.0
+
+    monkeypatch.setattr(vs_peers, "run_side", fake_run_side)
+    argv = [f"--peers-dir={tmp_path}", f"--peer-python={peer_python}", "--what=train"]
+    assert vs_peers.main([*argv, "--rounds=2", "--conv-backend=onednn"]) == 0
+    # Ours gets the backend in its environment; the peer runs with the inherited one.
+    assert seen == [("train", "onednn"), (None, None), (None, None), ("train", "onednn")]
+    out = capsys.readouterr().out
+    assert (
+        "our convolutions: onednn" in out and "RATIO train 1.25x (our convolutions: onednn)" in out
+    )

@@ -86,9 +86,9 @@ def commands(
     }
 
 
-def run_side(command: list[str], name: str | None) -> float:
+def run_side(command: list[str], name: str | None, env: dict[str, str] | None = None) -> float:
     """Runs one side; returns its img/s (a failed side is an error naming its command)."""
-    proc = subprocess.run(command, capture_output=True, text=True, check=False)
+    proc = subprocess.run(command, capture_output=True, text=True, check=False, env=env)
     value = parse_result(proc.stdout, name) if proc.returncode == 0 else None
     if value is None:
         tail = " | ".join((proc.stdout + proc.stderr).strip().splitlines()[-3:])
@@ -96,13 +96,16 @@ def run_side(command: list[str], name: str | None) -> float:
     return value
 
 
-def compare(what: str, cmds: dict[str, list[str]], rounds: int) -> tuple[float, float]:
+def compare(
+    what: str, cmds: dict[str, list[str]], rounds: int, ours_env: dict[str, str] | None = None
+) -> tuple[float, float]:
     """Alternating rounds of both sides; prints each run; returns the medians (ours, peer)."""
     results: dict[str, list[float]] = {"ours": [], "peer": []}
     for r in range(rounds):
         order = ("ours", "peer") if r % 2 == 0 else ("peer", "ours")
         for side in order:
-            value = run_side(cmds[side], what if side == "ours" else None)
+            ours = side == "ours"
+            value = run_side(cmds[side], what if ours else None, ours_env if ours else None)
             results[side].append(value)
             print(f"{what} round {r + 1} {side:4s}: {value:7.2f} img/s", flush=True)
     ours, peer = (statistics.median(results[s]) for s in ("ours", "peer"))
@@ -131,6 +134,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="the peers' Python (env FACEGAN_PEER_PYTHON)",
     )
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+    parser.add_argument(
+        "--conv-backend",
+        choices=("xla", "onednn"),
+        default=os.environ.get("FACEGAN_CONV_BACKEND", "xla") or "xla",
+        help="our convolutions: XLA's (default) or oneDNN's (pip install 'facegan_jax[onednn]')",
+    )
     errors.add_verbose_flag(parser)
     args = args_lib.parse_args(parser, argv)
     return errors.run_command(PROG, lambda: _run(args), verbose=args.verbose)
@@ -147,15 +156,20 @@ def _run(args: argparse.Namespace) -> int:
         )
     if args.rounds < 1:
         raise errors.UsageError(f"--rounds={args.rounds} must be >= 1")
-    print(f"machine: {cpu_summary()}, {args.threads} threads per side", flush=True)
+    print(
+        f"machine: {cpu_summary()}, {args.threads} threads per side, "
+        f"our convolutions: {args.conv_backend}",
+        flush=True,
+    )
+    ours_env = {**os.environ, "FACEGAN_CONV_BACKEND": args.conv_backend}
     ratios = []
     for what in [w.strip() for w in args.what.split(",") if w.strip()]:
         if what not in ("train", "fid"):
             raise errors.UsageError(f"--what: unknown {what!r}; known: train, fid")
         cmds = commands(what, args.config, peers, args.peer_python, args.threads)
-        ours, peer = compare(what, cmds, args.rounds)
+        ours, peer = compare(what, cmds, args.rounds, ours_env)
         ratios.append(f"{what} {ours / peer:.2f}x")
-    print(f"RATIO {' '.join(ratios)}")
+    print(f"RATIO {' '.join(ratios)} (our convolutions: {args.conv_backend})")
     return 0
 
 

@@ -35,6 +35,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from facegan_jax.models import onednn
+
 INPUT_SIZE = 299
 POOL3_DIM = 2048
 
@@ -81,6 +83,8 @@ def _conv(
     # every layer runs at 100-170 GFLOP/s on 2 AVX2 cores, while an im2col patch matrix
     # times the kernel (used here before) ran Conv2d_4a at 46 GFLOP/s: 12.5 vs 9.0 img/s
     # for the whole network (`python -m facegan_jax.benchmark --only=fid,fid_layers`).
+    if onednn.active():  # FACEGAN_CONV_BACKEND=onednn: oneDNN's convolution, same function
+        return jax.nn.relu(onednn.conv_forward(x, kernel, strides, padding) + bias)
     y = lax.conv_general_dilated(
         x,
         kernel,

@@ -273,7 +273,18 @@ def conv_transpose_2x(x: Array, kernel: Array, precision: Any = None) -> Array:
     Returns:
       ``[B, 2H, 2W, Cout]``.
     """
+    if _onednn_here():
+        from facegan_jax.models import onednn
+
+        return onednn.conv_transpose_2x(x, kernel)
     return _TRANSPOSED[_forward_here(x.shape[1], kernel.shape[-1])](x, kernel, precision)
+
+
+def _onednn_here() -> bool:
+    """True when `FACEGAN_CONV_BACKEND=onednn` asks for oneDNN and the backend is the CPU."""
+    from facegan_jax.models import onednn
+
+    return onednn.active()
 
 
 def _forward_here(height: int, cout: int) -> str:
@@ -283,6 +294,10 @@ def _forward_here(height: int, cout: int) -> str:
 
 def describe(layer: str, height: int, cout: int) -> str:
     """Which formulation each part of a fast layer takes here (for the benchmark's profile)."""
+    if _onednn_here():
+        from facegan_jax.models import onednn
+
+        return f"fwd, dgrad, wgrad oneDNN {onednn.version()} [{cpu_isa()}]"
     if layer == "FastConvTranspose2x":
         return f"fwd {_forward_here(height, cout)}, dgrad lax, wgrad strided-conv [{cpu_isa()}]"
     return "fwd lax, dgrad s2d, wgrad lax"
@@ -302,6 +317,10 @@ def conv_stride2(x: Array, kernel: Array, precision: Any = None) -> Array:
     H, W = x.shape[1:3]
     if H % 2 or W % 2:
         raise ValueError(f"fast_conv.conv_stride2: spatial size must be even, got {H}x{W}")
+    if _onednn_here():
+        from facegan_jax.models import onednn
+
+        return onednn.conv_stride2(x, kernel)
     return _conv_stride2(x, kernel, precision)
 
 

@@ -1,0 +1,164 @@
+// oneDNN convolutions for facegan_jax's 4x4 layers, called from XLA:CPU through jax.ffi.
+//
+// One handler, `FaceganDnnlConv`, runs a 2D convolution (NHWC activations, HWIO weights,
+// float32, square stride, the same padding on both sides of each axis) in one of three
+// directions:
+//   kind 0 forward:          a = src [N,H,W,I],       b = weights [KH,KW,I,O] -> dst [N,OH,OW,O]
+//   kind 1 backward data:    a = diff_dst [N,OH,OW,O], b = weights [KH,KW,I,O] -> diff_src [N,H,W,I]
+//   kind 2 backward weights: a = src [N,H,W,I],       b = diff_dst [N,OH,OW,O] -> diff_w [KH,KW,I,O]
+// Primitives are created once per shape and cached; weights are reordered to the layout the
+// chosen implementation prefers on every call (they are small); activations stay NHWC.
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "oneapi/dnnl/dnnl.hpp"
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+using tag = dnnl::memory::format_tag;
+using dt = dnnl::memory::data_type;
+
+namespace {
+
+dnnl::engine& Engine() {
+  static dnnl::engine engine(dnnl::engine::kind::cpu, 0);
+  return engine;
+}
+
+struct Plan {
+  dnnl::primitive prim;
+  dnnl::memory::desc user_w, prim_w;  // HWIO and the implementation's weight layout
+  dnnl::memory::desc src, dst, scratch;
+  bool reorder_w = false;
+};
+
+std::mutex cache_mutex;
+std::map<std::string, std::shared_ptr<Plan>> cache;
+
+std::shared_ptr<Plan> MakePlan(int kind, dnnl::memory::dims src_d, dnnl::memory::dims w_d,
+                               dnnl::memory::dims dst_d, int64_t stride, int64_t pad_h,
+                               int64_t pad_w) {
+  auto& eng = Engine();
+  dnnl::memory::desc src(src_d, dt::f32, tag::nhwc), dst(dst_d, dt::f32, tag::nhwc);
+  dnnl::memory::desc w_any(w_d, dt::f32, tag::any), w_user(w_d, dt::f32, tag::hwio);
+  dnnl::memory::dims strides = {stride, stride}, pads = {pad_h, pad_w};
+  dnnl::primitive_attr attr;
+  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+  auto fwd = dnnl::convolution_forward::primitive_desc(
+      eng, dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct, src, w_any,
+      dst, strides, pads, pads, attr);
+  auto plan = std::make_shared<Plan>();
+  plan->user_w = w_user;
+  plan->src = src;
+  plan->dst = dst;
+  if (kind == 0) {
+    plan->prim = dnnl::convolution_forward(fwd);
+    plan->prim_w = fwd.weights_desc();
+    plan->scratch = fwd.scratchpad_desc();
+  } else if (kind == 1) {
+    auto pd = dnnl::convolution_backward_data::primitive_desc(
+        eng, dnnl::algorithm::convolution_direct, src, w_any, dst, strides, pads, pads, fwd, attr);
+    plan->prim = dnnl::convolution_backward_data(pd);
+    plan->prim_w = pd.weights_desc();
+    plan->scratch = pd.scratchpad_desc();
+  } else {
+    auto pd = dnnl::convolution_backward_weights::primitive_desc(
+        eng, dnnl::algorithm::convolution_direct, src, w_any, dst, strides, pads, pads, fwd,
+        attr);
+    plan->prim = dnnl::convolution_backward_weights(pd);
+    plan->prim_w = pd.diff_weights_desc();
+    plan->scratch = pd.scratchpad_desc();
+  }
+  plan->reorder_w = plan->prim_w != w_user;
+  return plan;
+}
+
+ffi::Error Conv(ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> b, ffi::ResultBuffer<ffi::F32> out,
+                int64_t kind, int64_t stride, int64_t pad_h, int64_t pad_w) {
+  if (kind < 0 || kind > 2) return ffi::Error::InvalidArgument("kind must be 0, 1 or 2");
+  auto ad = a.dimensions(), bd = b.dimensions(), od = out->dimensions();
+  if (ad.size() != 4 || bd.size() != 4 || od.size() != 4)
+    return ffi::Error::InvalidArgument("operands must be rank 4");
+  // Logical oneDNN dims: activations {N, C, H, W}, weights {O, I, KH, KW}.
+  dnnl::memory::dims src_d, w_d, dst_d;
+  const int64_t* s = kind == 1 ? od.begin() : ad.begin();                       // NHWI
+  const int64_t* w = kind == 2 ? od.begin() : bd.begin();                       // KH KW I O
+  const int64_t* d = kind == 0 ? od.begin() : (kind == 1 ? ad.begin() : bd.begin());  // NHWO
+  src_d = {s[0], s[3], s[1], s[2]};
+  w_d = {w[3], w[2], w[0], w[1]};
+  dst_d = {d[0], d[3], d[1], d[2]};
+  std::string key = std::to_string(kind) + ":" + std::to_string(stride) + ":" +
+                    std::to_string(pad_h) + ":" + std::to_string(pad_w);
+  for (auto v : src_d) key += "," + std::to_string(v);
+  for (auto v : w_d) key += "," + std::to_string(v);
+  for (auto v : dst_d) key += "," + std::to_string(v);
+  std::shared_ptr<Plan> plan;
+  try {
+    {
+      std::lock_guard<std::mutex> lock(cache_mutex);
+      auto it = cache.find(key);
+      if (it != cache.end()) plan = it->second;
+    }
+    if (!plan) {
+      plan = MakePlan(static_cast<int>(kind), src_d, w_d, dst_d, stride, pad_h, pad_w);
+      std::lock_guard<std::mutex> lock(cache_mutex);
+      cache.emplace(key, plan);
+    }
+    auto& eng = Engine();
+    dnnl::stream strm(eng);
+    std::vector<uint8_t> scratch_buf(plan->scratch.get_size());
+    dnnl::memory scratch(plan->scratch, eng, scratch_buf.data());
+    float* src_p = kind == 1 ? out->typed_data() : a.typed_data();
+    float* dst_p = kind == 0 ? out->typed_data() : (kind == 1 ? a.typed_data() : b.typed_data());
+    float* w_p = kind == 2 ? out->typed_data() : b.typed_data();
+    dnnl::memory src(plan->src, eng, src_p), dst(plan->dst, eng, dst_p);
+    dnnl::memory w_user(plan->user_w, eng, w_p);
+    dnnl::memory w_prim = w_user;
+    std::vector<uint8_t> w_buf;
+    if (plan->reorder_w) {
+      w_buf.resize(plan->prim_w.get_size());
+      w_prim = dnnl::memory(plan->prim_w, eng, w_buf.data());
+      if (kind != 2) dnnl::reorder(w_user, w_prim).execute(strm, w_user, w_prim);
+    }
+    if (kind == 0) {
+      plan->prim.execute(strm, {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, w_prim},
+                                {DNNL_ARG_DST, dst}, {DNNL_ARG_SCRATCHPAD, scratch}});
+    } else if (kind == 1) {
+      plan->prim.execute(strm, {{DNNL_ARG_DIFF_SRC, src}, {DNNL_ARG_WEIGHTS, w_prim},
+                                {DNNL_ARG_DIFF_DST, dst}, {DNNL_ARG_SCRATCHPAD, scratch}});
+    } else {
+      plan->prim.execute(strm, {{DNNL_ARG_SRC, src}, {DNNL_ARG_DIFF_WEIGHTS, w_prim},
+                                {DNNL_ARG_DIFF_DST, dst}, {DNNL_ARG_SCRATCHPAD, scratch}});
+      if (plan->reorder_w) dnnl::reorder(w_prim, w_user).execute(strm, w_prim, w_user);
+    }
+    strm.wait();
+  } catch (const dnnl::error& e) {
+    return ffi::Error::Internal(std::string("oneDNN: ") + e.what());
+  }
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(FaceganDnnlConv, Conv,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("kind")
+                                  .Attr<int64_t>("stride")
+                                  .Attr<int64_t>("pad_h")
+                                  .Attr<int64_t>("pad_w"));
+
+extern "C" const char* FaceganDnnlVersion() {
+  static const std::string v = [] {
+    const dnnl_version_t* ver = dnnl::version();
+    return std::to_string(ver->major) + "." + std::to_string(ver->minor) + "." +
+           std::to_string(ver->patch);
+  }();
+  return v.c_str();
+}

@@ -1,0 +1,220 @@
+"""Optional oneDNN convolutions for the fast 4x4 stride-2 layers, through `jax.ffi` (issue 21).
+
+XLA:CPU runs convolutions with Eigen kernels, which gain little from AVX-512; PyTorch
+runs the same layers with oneDNN's. This module owns the optional route to the latter:
+it compiles `csrc/dnnl_conv.cc` once per machine (g++, the `onednn-devel-cpu-gomp`
+headers and library from PyPI, JAX's FFI headers) into a cache folder, registers it as
+an XLA:CPU custom call, and gives the three directions of a 2D convolution (forward,
+input gradient, weight gradient) as JAX functions. `fast_conv` uses them when the
+environment variable `FACEGAN_CONV_BACKEND=onednn` is set; the pure-XLA formulations
+stay the default and the fallback.
+
+Install: `pip install 'facegan_jax[onednn]'` (a C++ compiler is needed once).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import pathlib
+import subprocess
+from importlib import metadata
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from facegan_jax import errors
+
+BACKEND_ENV = "FACEGAN_CONV_BACKEND"
+TARGET = "facegan_dnnl_conv"
+SOURCE = pathlib.Path(__file__).with_name("csrc") / "dnnl_conv.cc"
+FORWARD, BACKWARD_DATA, BACKWARD_WEIGHTS = 0, 1, 2
+_registered: list[str] = []
+
+
+class OneDnnError(errors.UsageError):
+    """The oneDNN route was asked for but cannot be built or loaded."""
+
+
+def requested() -> bool:
+    """True when `FACEGAN_CONV_BACKEND=onednn` asks for oneDNN convolutions (read at trace time)."""
+    value = os.environ.get(BACKEND_ENV, "xla").strip().lower()
+    if value not in ("xla", "onednn", ""):
+        raise OneDnnError(f"{BACKEND_ENV}={value!r}: use 'xla' (default) or 'onednn'")
+    return value == "onednn"
+
+
+def active() -> bool:
+    """`requested()` and the default backend is the CPU (where the custom call exists)."""
+    return requested() and jax.default_backend() == "cpu"
+
+
+def _installed_file(dist: str, suffix: str) -> pathlib.Path | None:
+    """The installed file of distribution `dist` whose path ends with `suffix`, or None."""
+    try:
+        found = metadata.distribution(dist)
+    except metadata.PackageNotFoundError:
+        return None
+    for f in found.files or []:
+        if str(f).endswith(suffix):
+            return pathlib.Path(found.locate_file(f)).resolve()
+    return None
+
+
+def _cache_dir() -> pathlib.Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return pathlib.Path(base) / "facegan_jax" / "onednn"
+
+
+@functools.cache
+def library() -> ctypes.CDLL:
+    """Builds (once per source and JAX version) and loads the custom-call library.
+
+    Raises a one-line OneDnnError naming what is missing and how to install it.
+    """
+    header = _installed_file("onednn-devel-cpu-gomp", "oneapi/dnnl/dnnl.hpp")
+    shared = _installed_file("onednn-cpu-gomp", "libdnnl.so")
+    if header is None or shared is None:
+        raise OneDnnError(
+            f"{BACKEND_ENV}=onednn needs the oneDNN wheels: pip install 'facegan_jax[onednn]' "
+            "(onednn-cpu-gomp, onednn-devel-cpu-gomp), or unset it for XLA's convolutions"
+        )
+    include, lib = header.parents[2], shared.parent
+    digest = hashlib.sha256(SOURCE.read_bytes() + jax.__version__.encode()).hexdigest()[:16]
+    out = _cache_dir() / digest / "libfacegan_dnnl.so"
+    if not out.exists():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_suffix(f".{os.getpid()}.tmp")
+        command = [
+            os.environ.get("CXX", "g++"),
+            "-O2",
+            "-std=c++17",
+            "-shared",
+            "-fPIC",
+            "-w",
+            f"-I{jax.ffi.include_dir()}",
+            f"-I{include}",
+            str(SOURCE),
+            "-o",
+            str(tmp),
+            f"-L{lib}",
+            "-ldnnl",
+            f"-Wl,-rpath,{lib}",
+        ]
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, check=False)
+        except OSError as e:
+            raise OneDnnError(f"building {SOURCE.name}: {e} (install g++ or set CXX)") from None
+        if done.returncode != 0:
+            last = (done.stderr.strip().splitlines() or ["?"])[-1]
+            raise OneDnnError(f"building {SOURCE.name} failed: {last}")
+        os.replace(tmp, out)
+    handle = ctypes.cdll.LoadLibrary(str(out))
+    if not _registered:  # once per process, even if the cache is cleared
+        jax.ffi.register_ffi_target(
+            TARGET, jax.ffi.pycapsule(handle.FaceganDnnlConv), platform="cpu"
+        )
+        _registered.append(str(out))
+    handle.FaceganDnnlVersion.restype = ctypes.c_char_p
+    return handle
+
+
+def version() -> str:
+    """oneDNN's version, e.g. '3.2.0' (builds and loads the library)."""
+    return library().FaceganDnnlVersion().decode()
+
+
+Padding = int | tuple[int, int]
+
+
+def _call(
+    kind: int, a: jax.Array, b: jax.Array, out_shape: tuple[int, ...], stride: int, pad: Padding
+) -> jax.Array:
+    library()
+    return jax.ffi.ffi_call(TARGET, jax.ShapeDtypeStruct(out_shape, jnp.float32))(
+        a.astype(jnp.float32),
+        b.astype(jnp.float32),
+        kind=np.int64(kind),
+        stride=np.int64(stride),
+        pad_h=np.int64(_pads(pad)[0]),
+        pad_w=np.int64(_pads(pad)[1]),
+    )
+
+
+def _pads(pad: Padding) -> tuple[int, int]:
+    """(rows, columns) of padding on each side."""
+    return (pad, pad) if isinstance(pad, int) else (int(pad[0]), int(pad[1]))
+
+
+def conv_forward(x: jax.Array, w: jax.Array, stride: int, pad: Padding) -> jax.Array:
+    """``conv(x [N,H,W,I], w [KH,KW,I,O])``, square stride, `pad` (rows, cols) each side."""
+    n, h, wd, _ = x.shape
+    kh, kw, _, o = w.shape
+    ph, pw = _pads(pad)
+    oh, ow = (h + 2 * ph - kh) // stride + 1, (wd + 2 * pw - kw) // stride + 1
+    return _call(FORWARD, x, w, (n, oh, ow, o), stride, pad)
+
+
+def conv_backward_data(
+    dy: jax.Array, w: jax.Array, in_shape: tuple[int, ...], stride: int, pad: Padding
+) -> jax.Array:
+    """The input gradient of `conv_forward` for output cotangent `dy`: ``in_shape``."""
+    return _call(BACKWARD_DATA, dy, w, tuple(in_shape), stride, pad)
+
+
+def conv_backward_weights(
+    x: jax.Array, dy: jax.Array, w_shape: tuple[int, ...], stride: int, pad: Padding
+) -> jax.Array:
+    """The weight gradient of `conv_forward` for input `x` and output cotangent `dy`."""
+    return _call(BACKWARD_WEIGHTS, x, dy, tuple(w_shape), stride, pad)
+
+
+def _transposed_weights(kernel: jax.Array) -> jax.Array:
+    """Flax ConvTranspose kernel [4,4,Ci,Co] -> the strided conv [4,4,Co,Ci] it is adjoint to."""
+    return jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2)
+
+
+@jax.custom_vjp
+def conv_stride2(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """``nn.Conv(F, (4, 4), strides=2, padding=1)`` of `x` [B,H,W,I] with `kernel` [4,4,I,F]."""
+    return conv_forward(x, kernel, 2, 1).astype(x.dtype)
+
+
+def _stride2_fwd(x, kernel):
+    return conv_stride2(x, kernel), (x, kernel)
+
+
+def _stride2_bwd(residuals, ct):
+    x, kernel = residuals
+    dx = conv_backward_data(ct, kernel, x.shape, 2, 1).astype(x.dtype)
+    dk = conv_backward_weights(x, ct, kernel.shape, 2, 1).astype(kernel.dtype)
+    return dx, dk
+
+
+conv_stride2.defvjp(_stride2_fwd, _stride2_bwd)
+
+
+@jax.custom_vjp
+def conv_transpose_2x(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """``nn.ConvTranspose(F, (4, 4), strides=2, padding=2)``: `x` [B,H,W,I], `kernel` [4,4,I,F]."""
+    b, h, w, _ = x.shape
+    out = (b, 2 * h, 2 * w, kernel.shape[-1])
+    return conv_backward_data(x, _transposed_weights(kernel), out, 2, 1).astype(x.dtype)
+
+
+def _transpose_fwd(x, kernel):
+    return conv_transpose_2x(x, kernel), (x, kernel)
+
+
+def _transpose_bwd(residuals, ct):
+    x, kernel = residuals
+    weights = _transposed_weights(kernel)
+    dx = conv_forward(ct, weights, 2, 1).astype(x.dtype)
+    dw = conv_backward_weights(ct, x, weights.shape, 2, 1)
+    return dx, _transposed_weights(dw).astype(kernel.dtype)
+
+
+conv_transpose_2x.defvjp(_transpose_fwd, _transpose_bwd)

@@ -1,0 +1,104 @@
+"""The optional oneDNN convolutions (facegan_jax.models.onednn) against XLA's: float32 rounding."""
+
+from __future__ import annotations
+
+import platform
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from facegan_jax.models import fast_conv, onednn
+
+pytestmark = pytest.mark.skipif(
+    platform.machine() != "x86_64" or shutil.which("g++") is None,
+    reason="the oneDNN route is built for x86-64 with g++",
+)
+
+
+def _rel(a, b) -> float:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.abs(a - b).max() / np.abs(b).max())
+
+
+@pytest.mark.parametrize(
+    "layer, shape",
+    [
+        ("stride2", (3, 16, 16, 3, 8)),  # D's first layer (3 input channels)
+        ("stride2", (2, 8, 8, 24, 40)),
+        ("transpose", (3, 4, 4, 40, 24)),  # G's layers
+        ("transpose", (2, 16, 16, 8, 3)),  # G's last layer (3 output channels)
+    ],
+)
+def test_onednn_layers_equal_xla_forward_and_both_gradients(layer, shape):
+    b, h, w, cin, cout = shape
+    keys = jax.random.split(jax.random.PRNGKey(sum(shape)), 3)
+    x = jax.random.normal(keys[0], (b, h, w, cin))
+    kernel = jax.random.normal(keys[1], (4, 4, cin, cout))
+    if layer == "stride2":
+        ref_fn, dnnl_fn = fast_conv.conv_stride2_lax, onednn.conv_stride2
+    else:
+        ref_fn, dnnl_fn = fast_conv.conv_transpose_2x_lax, onednn.conv_transpose_2x
+    y_ref, vjp_ref = jax.vjp(lambda x_, k_: ref_fn(x_, k_, "highest"), x, kernel)
+    y, vjp = jax.jit(lambda x_, k_: jax.vjp(dnnl_fn, x_, k_))(x, kernel)
+    assert y.shape == y_ref.shape and y.dtype == jnp.float32
+    ct = jax.random.normal(keys[2], y.shape)
+    (dx_ref, dk_ref), (dx, dk) = vjp_ref(ct), vjp(ct)
+    # Exact to float32 rounding: the sums run in another order, nothing else differs.
+    assert _rel(y, y_ref) < 2e-6 and _rel(dx, dx_ref) < 2e-6 and _rel(dk, dk_ref) < 2e-6
+    # A wrong formulation (the kernel not flipped) is far off: the check can fail.
+    assert _rel(dnnl_fn(x, jnp.flip(kernel, (0, 1))), y_ref) > 0.1
+
+
+def test_backend_switch_routes_the_dcgan_layers_and_keeps_their_gradients(monkeypatch):
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 8, 8, 16))
+    kernel = jax.random.normal(jax.random.PRNGKey(1), (4, 4, 16, 8))
+
+    def grads():
+        def loss(x_, k_):
+            up = fast_conv.conv_transpose_2x(x_, k_)  # [2, 16, 16, 8]
+            down = fast_conv.conv_stride2(up, jnp.transpose(k_, (0, 1, 3, 2)))  # [2, 8, 8, 16]
+            return jnp.sum(down**2)
+
+        return jax.jit(jax.grad(loss, (0, 1)))(x, kernel), jax.make_jaxpr(loss)(x, kernel)
+
+    monkeypatch.setenv(onednn.BACKEND_ENV, "xla")
+    (gx_ref, gk_ref), jaxpr_ref = grads()
+    monkeypatch.setenv(onednn.BACKEND_ENV, "onednn")
+    (gx, gk), jaxpr = grads()
+    assert "ffi_call" in str(jaxpr) and "ffi_call" not in str(jaxpr_ref)
+    assert _rel(gx, gx_ref) < 1e-5 and _rel(gk, gk_ref) < 1e-5
+    assert "oneDNN 3." in fast_conv.describe("FastConvStride2", 8, 8)
+
+
+def test_onednn_problems_are_one_line_errors(monkeypatch):
+    monkeypatch.setenv(onednn.BACKEND_ENV, "mkl")
+    with pytest.raises(onednn.OneDnnError, match="FACEGAN_CONV_BACKEND='mkl': use 'xla'"):
+        onednn.requested()
+    monkeypatch.setattr(onednn, "_installed_file", lambda dist, suffix: None)
+    onednn.library.cache_clear()
+    try:
+        with pytest.raises(onednn.OneDnnError) as info:
+            onednn.library()
+        assert "pip install 'facegan_jax[onednn]'" in str(info.value)
+        assert "\n" not in str(info.value)
+    finally:
+        onednn.library.cache_clear()
+
+
+def test_fid_features_through_onednn_match_pytorch_fid(
+    inception_params, inception_expected, monkeypatch
+):
+    from facegan_jax.metrics import inception
+
+    monkeypatch.setenv(onednn.BACKEND_ENV, "onednn")
+    net = inception.InceptionV3()
+    forward = jax.jit(lambda p, x: net.apply({"params": p}, x, return_blocks=True))
+    images = jnp.asarray(inception_expected["images_uint8"], jnp.float32) / 255.0
+    assert "ffi_call" in str(jax.make_jaxpr(forward)(inception_params, images[:1]))
+    out = forward(inception_params, images)
+    np.testing.assert_allclose(
+        np.asarray(out["pool3"]), inception_expected["pool3"], atol=1e-4, rtol=0
+    )

@@ -52,6 +52,36 @@ def test_onednn_layers_equal_xla_forward_and_both_gradients(layer, shape):
     assert _rel(dnnl_fn(x, jnp.flip(kernel, (0, 1))), y_ref) > 0.1
 
 
+_BF16_KERNELS = [
+    pytest.param(True, marks=pytest.mark.skipif(not onednn.cpu_has_bf16(), reason="no bf16 CPU")),
+    False,  # the float32 fallback every CPU takes
+]
+
+
+@pytest.mark.parametrize("bf16_kernels", _BF16_KERNELS)
+@pytest.mark.parametrize("layer", ["stride2", "transpose"])
+def test_bfloat16_operands_run_in_bfloat16_close_to_float32(layer, bf16_kernels, monkeypatch):
+    monkeypatch.setattr(onednn, "cpu_has_bf16", lambda: bf16_kernels)
+    keys = jax.random.split(jax.random.PRNGKey(7), 3)
+    x = jax.random.normal(keys[0], (2, 8, 8, 32))
+    kernel = jax.random.normal(keys[1], (4, 4, 32, 16))
+    if layer == "stride2":
+        ref_fn, dnnl_fn = fast_conv.conv_stride2_lax, onednn.conv_stride2
+    else:
+        ref_fn, dnnl_fn = fast_conv.conv_transpose_2x_lax, onednn.conv_transpose_2x
+    xb, kb = x.astype(jnp.bfloat16), kernel.astype(jnp.bfloat16)
+    y_ref, vjp_ref = jax.vjp(
+        lambda x_, k_: ref_fn(x_, k_, "highest"), xb.astype(float), kb.astype(float)
+    )
+    y, vjp = jax.vjp(dnnl_fn, xb, kb)
+    assert y.dtype == jnp.bfloat16
+    ct = jax.random.normal(keys[2], y.shape)
+    (dx_ref, dk_ref), (dx, dk) = vjp_ref(ct), vjp(ct.astype(jnp.bfloat16))
+    assert dx.dtype == dk.dtype == jnp.bfloat16
+    # bfloat16 outputs (8 mantissa bits) of float32 sums: within a few bfloat16 ulps.
+    assert _rel(y, y_ref) < 1e-2 and _rel(dx, dx_ref) < 1e-2 and _rel(dk, dk_ref) < 1e-2
+
+
 def test_backend_switch_routes_the_dcgan_layers_and_keeps_their_gradients(monkeypatch):
     x = jax.random.normal(jax.random.PRNGKey(0), (2, 8, 8, 16))
     kernel = jax.random.normal(jax.random.PRNGKey(1), (4, 4, 16, 8))

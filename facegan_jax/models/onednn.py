@@ -134,14 +134,29 @@ def _call(
     kind: int, a: jax.Array, b: jax.Array, out_shape: tuple[int, ...], stride: int, pad: Padding
 ) -> jax.Array:
     library()
-    return jax.ffi.ffi_call(TARGET, jax.ShapeDtypeStruct(out_shape, jnp.float32))(
-        a.astype(jnp.float32),
-        b.astype(jnp.float32),
+    bf16 = a.dtype == jnp.bfloat16 and b.dtype == jnp.bfloat16
+    # bfloat16 kernels where the CPU has them (AVX512_BF16 / AMX); float32 sums otherwise.
+    dtype = jnp.bfloat16 if bf16 and cpu_has_bf16() else jnp.float32
+    y = jax.ffi.ffi_call(TARGET, jax.ShapeDtypeStruct(out_shape, dtype))(
+        a.astype(dtype),
+        b.astype(dtype),
         kind=np.int64(kind),
         stride=np.int64(stride),
         pad_h=np.int64(_pads(pad)[0]),
         pad_w=np.int64(_pads(pad)[1]),
     )
+    return y.astype(jnp.bfloat16) if bf16 else y
+
+
+@functools.cache
+def cpu_has_bf16() -> bool:
+    """Whether /proc/cpuinfo lists avx512_bf16 or amx_bf16 (oneDNN's bfloat16 kernels)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((ln for ln in f if ln.startswith("flags")), "").split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def _pads(pad: Padding) -> tuple[int, int]:

@@ -1,7 +1,7 @@
 // oneDNN convolutions for facegan_jax's 4x4 layers, called from XLA:CPU through jax.ffi.
 //
 // One handler, `FaceganDnnlConv`, runs a 2D convolution (NHWC activations, HWIO weights,
-// float32, square stride, the same padding on both sides of each axis) in one of three
+// float32 or bfloat16 (all three operands the same type), square stride, the same padding on both sides of each axis) in one of three
 // directions:
 //   kind 0 forward:          a = src [N,H,W,I],       b = weights [KH,KW,I,O] -> dst [N,OH,OW,O]
 //   kind 1 backward data:    a = diff_dst [N,OH,OW,O], b = weights [KH,KW,I,O] -> diff_src [N,H,W,I]
@@ -39,12 +39,12 @@ struct Plan {
 std::mutex cache_mutex;
 std::map<std::string, std::shared_ptr<Plan>> cache;
 
-std::shared_ptr<Plan> MakePlan(int kind, dnnl::memory::dims src_d, dnnl::memory::dims w_d,
+std::shared_ptr<Plan> MakePlan(int kind, dt type, dnnl::memory::dims src_d, dnnl::memory::dims w_d,
                                dnnl::memory::dims dst_d, int64_t stride, int64_t pad_h,
                                int64_t pad_w) {
   auto& eng = Engine();
-  dnnl::memory::desc src(src_d, dt::f32, tag::nhwc), dst(dst_d, dt::f32, tag::nhwc);
-  dnnl::memory::desc w_any(w_d, dt::f32, tag::any), w_user(w_d, dt::f32, tag::hwio);
+  dnnl::memory::desc src(src_d, type, tag::nhwc), dst(dst_d, type, tag::nhwc);
+  dnnl::memory::desc w_any(w_d, type, tag::any), w_user(w_d, type, tag::hwio);
   dnnl::memory::dims strides = {stride, stride}, pads = {pad_h, pad_w};
   dnnl::primitive_attr attr;
   attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
@@ -77,9 +77,14 @@ std::shared_ptr<Plan> MakePlan(int kind, dnnl::memory::dims src_d, dnnl::memory:
   return plan;
 }
 
-ffi::Error Conv(ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> b, ffi::ResultBuffer<ffi::F32> out,
+ffi::Error Conv(ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::Result<ffi::AnyBuffer> out,
                 int64_t kind, int64_t stride, int64_t pad_h, int64_t pad_w) {
   if (kind < 0 || kind > 2) return ffi::Error::InvalidArgument("kind must be 0, 1 or 2");
+  auto et = a.element_type();
+  if (b.element_type() != et || out->element_type() != et ||
+      (et != ffi::DataType::F32 && et != ffi::DataType::BF16))
+    return ffi::Error::InvalidArgument("operands must be all float32 or all bfloat16");
+  dt type = et == ffi::DataType::F32 ? dt::f32 : dt::bf16;
   auto ad = a.dimensions(), bd = b.dimensions(), od = out->dimensions();
   if (ad.size() != 4 || bd.size() != 4 || od.size() != 4)
     return ffi::Error::InvalidArgument("operands must be rank 4");
@@ -91,7 +96,7 @@ ffi::Error Conv(ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> b, ffi::ResultBuf
   src_d = {s[0], s[3], s[1], s[2]};
   w_d = {w[3], w[2], w[0], w[1]};
   dst_d = {d[0], d[3], d[1], d[2]};
-  std::string key = std::to_string(kind) + ":" + std::to_string(stride) + ":" +
+  std::string key = std::to_string(kind) + ":" + std::to_string(static_cast<int>(type)) + ":" + std::to_string(stride) + ":" +
                     std::to_string(pad_h) + ":" + std::to_string(pad_w);
   for (auto v : src_d) key += "," + std::to_string(v);
   for (auto v : w_d) key += "," + std::to_string(v);
@@ -104,7 +109,7 @@ ffi::Error Conv(ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> b, ffi::ResultBuf
       if (it != cache.end()) plan = it->second;
     }
     if (!plan) {
-      plan = MakePlan(static_cast<int>(kind), src_d, w_d, dst_d, stride, pad_h, pad_w);
+      plan = MakePlan(static_cast<int>(kind), type, src_d, w_d, dst_d, stride, pad_h, pad_w);
       std::lock_guard<std::mutex> lock(cache_mutex);
       cache.emplace(key, plan);
     }
@@ -112,9 +117,10 @@ ffi::Error Conv(ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> b, ffi::ResultBuf
     dnnl::stream strm(eng);
     std::vector<uint8_t> scratch_buf(plan->scratch.get_size());
     dnnl::memory scratch(plan->scratch, eng, scratch_buf.data());
-    float* src_p = kind == 1 ? out->typed_data() : a.typed_data();
-    float* dst_p = kind == 0 ? out->typed_data() : (kind == 1 ? a.typed_data() : b.typed_data());
-    float* w_p = kind == 2 ? out->typed_data() : b.typed_data();
+    void* src_p = kind == 1 ? out->untyped_data() : a.untyped_data();
+    void* dst_p =
+        kind == 0 ? out->untyped_data() : (kind == 1 ? a.untyped_data() : b.untyped_data());
+    void* w_p = kind == 2 ? out->untyped_data() : b.untyped_data();
     dnnl::memory src(plan->src, eng, src_p), dst(plan->dst, eng, dst_p);
     dnnl::memory w_user(plan->user_w, eng, w_p);
     dnnl::memory w_prim = w_user;
@@ -146,9 +152,9 @@ ffi::Error Conv(ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> b, ffi::ResultBuf
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(FaceganDnnlConv, Conv,
                               ffi::Ffi::Bind()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
                                   .Attr<int64_t>("kind")
                                   .Attr<int64_t>("stride")
                                   .Attr<int64_t>("pad_h")

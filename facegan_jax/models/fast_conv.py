@@ -280,6 +280,11 @@ def conv_transpose_2x(x: Array, kernel: Array, precision: Any = None) -> Array:
     return _TRANSPOSED[_forward_here(x.shape[1], kernel.shape[-1])](x, kernel, precision)
 
 
+def uses_custom_call() -> bool:
+    """Whether the fast layers run as oneDNN custom calls here (`FACEGAN_CONV_BACKEND=onednn`)."""
+    return _onednn_here()
+
+
 def _onednn_here() -> bool:
     """True when `FACEGAN_CONV_BACKEND=onednn` asks for oneDNN and the backend is the CPU."""
     from facegan_jax.models import onednn

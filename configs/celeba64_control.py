@@ -31,7 +31,9 @@ with every conditioning lever a config field:
   control". Weight 0.3: control within ~0.01 of weight 1 (0.842 / 0.825 at 30
   minutes against 0.851 / 0.841, two seeds each) with fd_attr 140 / 169 instead of
   216 / 232. A robust guide (`data_prep.train_attribute_classifier --init-from GUIDE
-  --adversarial-eps 2.0`) at 0.3: 0.841 / 0.855 at fd_attr 97.7 / 88.3 (eighth stop).
+  --adversarial-eps 2.0`) at 0.3: 0.841 / 0.855 at fd_attr 97.7 / 88.3 (eighth stop);
+  with `train.forced_emphasis='Male:4,Smiling:2'` as well, Male 0.885 / 0.835 (0.800 / 0.820
+  without), control 0.825 / 0.855 at fd_attr 100 / 87 (ninth stop; not adopted).
 
 Prepare CelebA and the guide classifier once (README), then train:
 

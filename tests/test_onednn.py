@@ -103,6 +103,45 @@ def test_backend_switch_routes_the_dcgan_layers_and_keeps_their_gradients(monkey
     assert "oneDNN 3." in fast_conv.describe("FastConvStride2", 8, 8)
 
 
+@pytest.mark.parametrize(
+    "layer, height, cout, on_onednn",
+    [
+        ("transpose", 4, 8, set()),  # 4x4 small side: XLA's
+        ("transpose", 8, 3, {"dgrad", "wgrad"}),  # to 3 channels: XLA's forward
+        ("transpose", 8, 16, {"fwd", "dgrad", "wgrad"}),
+        ("stride2", 8, 16, set()),  # 8x8 -> 4x4: XLA's
+        ("stride2", 16, 16, {"fwd", "dgrad", "wgrad"}),
+    ],
+)
+def test_each_part_takes_the_backend_of_the_table_and_the_same_values(
+    layer, height, cout, on_onednn, monkeypatch
+):
+    assert fast_conv.onednn_parts(layer, height, cout) == on_onednn
+    cin = 8
+    x = jax.random.normal(jax.random.PRNGKey(3), (2, height, height, cin))
+    kernel = jax.random.normal(jax.random.PRNGKey(4), (4, 4, cin, cout))
+    fn = fast_conv.conv_transpose_2x if layer == "transpose" else fast_conv.conv_stride2
+
+    def run():
+        y, vjp = jax.vjp(lambda x_, k_: fn(x_, k_, "highest"), x, kernel)
+        fwd_jaxpr = str(jax.make_jaxpr(lambda x_, k_: fn(x_, k_, "highest"))(x, kernel))
+        bwd_jaxpr = str(jax.make_jaxpr(vjp)(y))
+        return (y, *vjp(jnp.ones_like(y) + y)), fwd_jaxpr, bwd_jaxpr
+
+    monkeypatch.setenv(onednn.BACKEND_ENV, "xla")
+    ref, _, _ = run()
+    monkeypatch.setenv(onednn.BACKEND_ENV, "onednn")
+    got, fwd_jaxpr, bwd_jaxpr = run()
+    assert ("ffi_call" in fwd_jaxpr) == ("fwd" in on_onednn)
+    assert bwd_jaxpr.count("ffi_call") == len(on_onednn & {"dgrad", "wgrad"})
+    for a, b in zip(got, ref):
+        assert _rel(a, b) < 1e-5
+    described = fast_conv.describe(
+        "FastConvTranspose2x" if layer == "transpose" else "FastConvStride2", height, cout
+    )
+    assert described.count("oneDNN") == len(on_onednn) + 1  # each part, and the version
+
+
 def test_onednn_problems_are_one_line_errors(monkeypatch):
     monkeypatch.setenv(onednn.BACKEND_ENV, "mkl")
     with pytest.raises(onednn.OneDnnError, match="FACEGAN_CONV_BACKEND='mkl': use 'xla'"):

@@ -273,11 +273,79 @@ def conv_transpose_2x(x: Array, kernel: Array, precision: Any = None) -> Array:
     Returns:
       ``[B, 2H, 2W, Cout]``.
     """
+    forward = _forward_here(x.shape[1], kernel.shape[-1])
     if _onednn_here():
-        from facegan_jax.models import onednn
+        parts = onednn_parts("transpose", x.shape[1], kernel.shape[-1])
+        return _hybrid("transpose", forward, parts)(x, kernel, precision)
+    return _TRANSPOSED[forward](x, kernel, precision)
 
-        return onednn.conv_transpose_2x(x, kernel)
-    return _TRANSPOSED[_forward_here(x.shape[1], kernel.shape[-1])](x, kernel, precision)
+
+def onednn_parts(layer: str, height: int, cout: int) -> frozenset[str]:
+    """Which of 'fwd', 'dgrad', 'wgrad' run on oneDNN with `FACEGAN_CONV_BACKEND=onednn`.
+
+    `layer` 'transpose' (input ``[B, height, ., .]``) or 'stride2' (input height `height`).
+    From the per-layer profile (`benchmark --only=layers` with each backend; DCGAN-64, batch
+    64, 2 threads, AVX-512/AMX Xeon, 2026-12-07, ms fwd / dgrad / wgrad, XLA against oneDNN):
+    layers whose small side is 4x4 stay on XLA (4x4x512->256: 20 / 18 / 19 against 27 / 26 /
+    29; 8x8x256->512: 14 / 27 / 17 against 22 / 25 / 23); the transposed layer to 3 channels
+    keeps XLA's forward (6.1 against 8.4) and takes oneDNN's gradients (1.6 / 1.7 against 3.3 /
+    7.6); every other layer runs on oneDNN (e.g. 32x32x64->128: 15 / 26 / 28 against 13 / 14 /
+    17; 64x64x3->64: 7.2 / 7.5 / 14.4 against 1.5 / 8.5 / 1.7).
+    """
+    small = height if layer == "transpose" else height // 2
+    if small <= 4:
+        return frozenset()
+    if layer == "transpose" and cout < _SMALL_COUT:
+        return frozenset({"dgrad", "wgrad"})
+    return frozenset({"fwd", "dgrad", "wgrad"})
+
+
+def _xla_parts(layer: str, forward: str) -> dict[str, Callable[..., Array]]:
+    """The pure-XLA parts of a fast layer as direct functions (see `onednn.stride2_parts`)."""
+    if layer == "transpose":
+        fwd = _TRANSPOSED_FORWARD[forward]
+        return {
+            "fwd": lambda x, k, p: fwd(x, k, p),
+            "dgrad": lambda ct, x, k, p: jax.vjp(lambda x_: conv_transpose_2x_lax(x_, k, p), x)[1](
+                ct
+            )[0],
+            "wgrad": lambda ct, x, k, p: conv_transpose_2x_wgrad(x, ct, p).astype(k.dtype),
+        }
+    return {
+        "fwd": lambda x, k, p: conv_stride2_lax(x, k, p),
+        "dgrad": lambda ct, x, k, p: jax.vjp(lambda x_: conv_stride2_s2d(x_, k, p), x)[1](ct)[0],
+        "wgrad": lambda ct, x, k, p: jax.vjp(lambda k_: conv_stride2_lax(x, k_, p), k)[1](ct)[0],
+    }
+
+
+@functools.cache
+def _hybrid(layer: str, forward: str, on_onednn: frozenset[str]) -> Formulation:
+    """A fast layer whose parts in `on_onednn` run on oneDNN and the others on XLA."""
+    from facegan_jax.models import onednn
+
+    dnnl = onednn.transpose_parts() if layer == "transpose" else onednn.stride2_parts()
+    xla = _xla_parts(layer, forward)
+
+    def part(name: str) -> Callable[..., Array]:
+        if name in on_onednn:
+            return lambda *args: dnnl[name](*args[:-1])  # oneDNN takes no precision
+        return xla[name]
+
+    fwd, dgrad, wgrad = part("fwd"), part("dgrad"), part("wgrad")
+
+    @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+    def apply(x: Array, kernel: Array, precision: Any) -> Array:
+        return fwd(x, kernel, precision)
+
+    def apply_fwd(x, kernel, precision):
+        return fwd(x, kernel, precision), (x, kernel)
+
+    def apply_bwd(precision, residuals, ct):
+        x, kernel = residuals
+        return dgrad(ct, x, kernel, precision), wgrad(ct, x, kernel, precision)
+
+    apply.defvjp(apply_fwd, apply_bwd)
+    return apply
 
 
 def uses_custom_call() -> bool:
@@ -302,7 +370,16 @@ def describe(layer: str, height: int, cout: int) -> str:
     if _onednn_here():
         from facegan_jax.models import onednn
 
-        return f"fwd, dgrad, wgrad oneDNN {onednn.version()} [{cpu_isa()}]"
+        kind = "transpose" if layer == "FastConvTranspose2x" else "stride2"
+        on = onednn_parts(kind, height, cout)
+        xla = describe_xla(layer, height, cout).split(" [")[0].split(", ")
+        names = [f"{p} oneDNN" if p in on else x for p, x in zip(("fwd", "dgrad", "wgrad"), xla)]
+        return ", ".join(names) + f" [oneDNN {onednn.version()}, {cpu_isa()}]"
+    return describe_xla(layer, height, cout)
+
+
+def describe_xla(layer: str, height: int, cout: int) -> str:
+    """`describe` for the pure-XLA path."""
     if layer == "FastConvTranspose2x":
         return f"fwd {_forward_here(height, cout)}, dgrad lax, wgrad strided-conv [{cpu_isa()}]"
     return "fwd lax, dgrad s2d, wgrad lax"
@@ -323,9 +400,8 @@ def conv_stride2(x: Array, kernel: Array, precision: Any = None) -> Array:
     if H % 2 or W % 2:
         raise ValueError(f"fast_conv.conv_stride2: spatial size must be even, got {H}x{W}")
     if _onednn_here():
-        from facegan_jax.models import onednn
-
-        return onednn.conv_stride2(x, kernel)
+        parts = onednn_parts("stride2", H, kernel.shape[-1])
+        return _hybrid("stride2", "lax", parts)(x, kernel, precision)
     return _conv_stride2(x, kernel, precision)
 
 

@@ -20,6 +20,7 @@ import hashlib
 import os
 import pathlib
 import subprocess
+from collections.abc import Callable
 from importlib import metadata
 
 import jax
@@ -233,3 +234,30 @@ def _transpose_bwd(residuals, ct):
 
 
 conv_transpose_2x.defvjp(_transpose_fwd, _transpose_bwd)
+
+# The three parts of each layer as direct functions, for `fast_conv` to mix with XLA's:
+# forward (x, kernel) -> y; input gradient and weight gradient (ct, x, kernel) -> dx / dkernel.
+
+
+def stride2_parts() -> dict[str, Callable[..., jax.Array]]:
+    """{'fwd', 'dgrad', 'wgrad'} of `conv_stride2` on oneDNN."""
+    return {
+        "fwd": lambda x, k: conv_forward(x, k, 2, 1).astype(x.dtype),
+        "dgrad": lambda ct, x, k: conv_backward_data(ct, k, x.shape, 2, 1).astype(x.dtype),
+        "wgrad": lambda ct, x, k: conv_backward_weights(x, ct, k.shape, 2, 1).astype(k.dtype),
+    }
+
+
+def transpose_parts() -> dict[str, Callable[..., jax.Array]]:
+    """{'fwd', 'dgrad', 'wgrad'} of `conv_transpose_2x` on oneDNN."""
+
+    def wgrad(ct, x, k):
+        w_shape = (k.shape[0], k.shape[1], k.shape[3], k.shape[2])
+        dw = conv_backward_weights(ct, x, w_shape, 2, 1)
+        return _transposed_weights(dw).astype(k.dtype)
+
+    return {
+        "fwd": conv_transpose_2x,
+        "dgrad": lambda ct, x, k: conv_forward(ct, _transposed_weights(k), 2, 1).astype(x.dtype),
+        "wgrad": wgrad,
+    }

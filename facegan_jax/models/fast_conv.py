@@ -178,15 +178,8 @@ Formulation = Callable[[Array, Array, Any], Array]
 WeightGrad = Callable[[Array, Array, Any], Array]  # (x, output gradient, precision) -> dkernel
 
 
-def _mixed_vjp(
-    fwd: Formulation, dgrad: Formulation, wgrad: Formulation | WeightGrad, direct: bool = False
-) -> Formulation:
-    """One linear map whose forward, input-gradient and weight-gradient each use the formulation
-    that XLA:CPU runs fastest; all three formulations compute the same function.
-
-    With `direct`, `wgrad` is the weight gradient itself (`(x, ct, precision) -> dkernel`),
-    not a formulation to differentiate.
-    """
+def _linear_vjp(fwd: Formulation, grads: Callable[..., tuple[Array, Array]]) -> Formulation:
+    """`fwd(x, kernel, precision)` whose VJP is `grads(ct, x, kernel, precision) -> (dx, dk)`."""
 
     @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
     def apply(x: Array, kernel: Array, precision: Any) -> Array:
@@ -197,6 +190,23 @@ def _mixed_vjp(
 
     def apply_bwd(precision, residuals, ct):
         x, kernel = residuals
+        return grads(ct, x, kernel, precision)
+
+    apply.defvjp(apply_fwd, apply_bwd)
+    return apply
+
+
+def _mixed_vjp(
+    fwd: Formulation, dgrad: Formulation, wgrad: Formulation | WeightGrad, direct: bool = False
+) -> Formulation:
+    """One linear map whose forward, input-gradient and weight-gradient each use the formulation
+    that XLA:CPU runs fastest; all three formulations compute the same function.
+
+    With `direct`, `wgrad` is the weight gradient itself (`(x, ct, precision) -> dkernel`),
+    not a formulation to differentiate.
+    """
+
+    def grads(ct, x, kernel, precision):
         # Each formulation is linear in x and in kernel, so its VJP needs no forward pass.
         dx = jax.vjp(lambda x_: dgrad(x_, kernel, precision), x)[1](ct)[0]
         if direct:
@@ -204,8 +214,7 @@ def _mixed_vjp(
         dkernel = jax.vjp(lambda k_: wgrad(x, k_, precision), kernel)[1](ct)[0]
         return dx, dkernel
 
-    apply.defvjp(apply_fwd, apply_bwd)
-    return apply
+    return _linear_vjp(fwd, grads)
 
 
 _SMALL_COUT = 16
@@ -332,20 +341,7 @@ def _hybrid(layer: str, forward: str, on_onednn: frozenset[str]) -> Formulation:
         return xla[name]
 
     fwd, dgrad, wgrad = part("fwd"), part("dgrad"), part("wgrad")
-
-    @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-    def apply(x: Array, kernel: Array, precision: Any) -> Array:
-        return fwd(x, kernel, precision)
-
-    def apply_fwd(x, kernel, precision):
-        return fwd(x, kernel, precision), (x, kernel)
-
-    def apply_bwd(precision, residuals, ct):
-        x, kernel = residuals
-        return dgrad(ct, x, kernel, precision), wgrad(ct, x, kernel, precision)
-
-    apply.defvjp(apply_fwd, apply_bwd)
-    return apply
+    return _linear_vjp(fwd, lambda *args: (dgrad(*args), wgrad(*args)))
 
 
 def uses_custom_call() -> bool:

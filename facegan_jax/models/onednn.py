@@ -10,6 +10,11 @@ environment variable `FACEGAN_CONV_BACKEND=onednn` is set; the pure-XLA formulat
 stay the default and the fallback.
 
 Install: `pip install 'facegan_jax[onednn]'` (a C++ compiler is needed once).
+
+Limitation: XLA's SPMD partitioner cannot split a custom call, so with several devices in
+one process (a data-parallel mesh over fake CPU devices) the call is replicated: correct
+(checked against XLA's values on a 2-device mesh) but not data-parallel. It is meant for
+the one-CPU-device case, where it runs on all the cores through oneDNN's own threads.
 """
 
 from __future__ import annotations

@@ -270,7 +270,7 @@ def profile_layers(config, reps: int = 5) -> float:
     import jax
     import jax.numpy as jnp
 
-    from facegan_jax.models import build_models, fast_conv
+    from facegan_jax.models import build_models, fast_conv, onednn
 
     g, d = build_models(config)
     b, s, c = config.train.batch_size, config.data.image_size, config.data.channels
@@ -289,7 +289,7 @@ def profile_layers(config, reps: int = 5) -> float:
         cells = []
         kind = type(layer).__name__
         known = None
-        if kind in ("FastConvTranspose2x", "FastConvStride2") and fast_conv.uses_custom_call():
+        if kind in ("FastConvTranspose2x", "FastConvStride2") and onednn.active():
             # A custom call XLA cannot count: 2 x (positions of the small side) x 16 taps x Cin x F.
             small = x.shape[1] * x.shape[2] // (1 if kind == "FastConvTranspose2x" else 4)
             known = 2 * x.shape[0] * small * 16 * x.shape[-1] * layer.features / 1e9

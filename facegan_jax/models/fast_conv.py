@@ -178,7 +178,7 @@ Formulation = Callable[[Array, Array, Any], Array]
 WeightGrad = Callable[[Array, Array, Any], Array]  # (x, output gradient, precision) -> dkernel
 
 
-def _linear_vjp(fwd: Formulation, grads: Callable[..., tuple[Array, Array]]) -> Formulation:
+def linear_vjp(fwd: Formulation, grads: Callable[..., tuple[Array, Array]]) -> Formulation:
     """`fwd(x, kernel, precision)` whose VJP is `grads(ct, x, kernel, precision) -> (dx, dk)`."""
 
     @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
@@ -214,7 +214,7 @@ def _mixed_vjp(
         dkernel = jax.vjp(lambda k_: wgrad(x, k_, precision), kernel)[1](ct)[0]
         return dx, dkernel
 
-    return _linear_vjp(fwd, grads)
+    return linear_vjp(fwd, grads)
 
 
 _SMALL_COUT = 16
@@ -234,6 +234,16 @@ ISA_ENV = "FACEGAN_CONV_ISA"
 
 
 @functools.cache
+def cpu_flags() -> frozenset[str]:
+    """The CPU feature flags /proc/cpuinfo lists (empty where there is none)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return frozenset(next((ln for ln in f if ln.startswith("flags")), "").split())
+    except OSError:
+        return frozenset()
+
+
+@functools.cache
 def cpu_isa() -> str:
     """`avx512` or `avx2` (any other x86 or CPU): which measured table applies.
 
@@ -243,12 +253,7 @@ def cpu_isa() -> str:
     forced = os.environ.get(ISA_ENV, "")
     if forced in ("avx512", "avx2"):
         return forced
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((ln for ln in f if ln.startswith("flags")), "").split()
-    except OSError:
-        flags = []
-    return "avx512" if "avx512f" in flags else "avx2"
+    return "avx512" if "avx512f" in cpu_flags() else "avx2"
 
 
 def transposed_forward(height: int, cout: int, isa: str | None = None) -> str:
@@ -285,7 +290,7 @@ def conv_transpose_2x(x: Array, kernel: Array, precision: Any = None) -> Array:
     forward = _forward_here(x.shape[1], kernel.shape[-1])
     if _onednn_here():
         parts = onednn_parts("transpose", x.shape[1], kernel.shape[-1])
-        return _hybrid("transpose", forward, parts)(x, kernel, precision)
+        return hybrid("transpose", forward, parts)(x, kernel, precision)
     return _TRANSPOSED[forward](x, kernel, precision)
 
 
@@ -328,8 +333,9 @@ def _xla_parts(layer: str, forward: str) -> dict[str, Callable[..., Array]]:
 
 
 @functools.cache
-def _hybrid(layer: str, forward: str, on_onednn: frozenset[str]) -> Formulation:
-    """A fast layer whose parts in `on_onednn` run on oneDNN and the others on XLA."""
+def hybrid(layer: str, forward: str, on_onednn: frozenset[str]) -> Formulation:
+    """A fast layer ('transpose' or 'stride2'; XLA forward formulation `forward`) whose parts
+    in `on_onednn` run on oneDNN and the others on XLA: ``f(x, kernel, precision)``."""
     from facegan_jax.models import onednn
 
     dnnl = onednn.transpose_parts() if layer == "transpose" else onednn.stride2_parts()
@@ -341,24 +347,19 @@ def _hybrid(layer: str, forward: str, on_onednn: frozenset[str]) -> Formulation:
         return xla[name]
 
     fwd, dgrad, wgrad = part("fwd"), part("dgrad"), part("wgrad")
-    return _linear_vjp(fwd, lambda *args: (dgrad(*args), wgrad(*args)))
-
-
-def uses_custom_call() -> bool:
-    """Whether the fast layers run as oneDNN custom calls here (`FACEGAN_CONV_BACKEND=onednn`)."""
-    return _onednn_here()
-
-
-def _onednn_here() -> bool:
-    """True when `FACEGAN_CONV_BACKEND=onednn` asks for oneDNN and the backend is the CPU."""
-    from facegan_jax.models import onednn
-
-    return onednn.active()
+    return linear_vjp(fwd, lambda *args: (dgrad(*args), wgrad(*args)))
 
 
 def _forward_here(height: int, cout: int) -> str:
     """`transposed_forward` on CPUs; the phase decomposition on other backends."""
     return transposed_forward(height, cout) if jax.default_backend() == "cpu" else "phases"
+
+
+def _onednn_here() -> bool:
+    """`FACEGAN_CONV_BACKEND=onednn` on the CPU backend (`onednn.active`)."""
+    from facegan_jax.models import onednn
+
+    return onednn.active()
 
 
 def describe(layer: str, height: int, cout: int) -> str:
@@ -397,7 +398,7 @@ def conv_stride2(x: Array, kernel: Array, precision: Any = None) -> Array:
         raise ValueError(f"fast_conv.conv_stride2: spatial size must be even, got {H}x{W}")
     if _onednn_here():
         parts = onednn_parts("stride2", H, kernel.shape[-1])
-        return _hybrid("stride2", "lax", parts)(x, kernel, precision)
+        return hybrid("stride2", "lax", parts)(x, kernel, precision)
     return _conv_stride2(x, kernel, precision)
 
 

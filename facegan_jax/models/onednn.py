@@ -154,15 +154,11 @@ def _call(
     return y.astype(jnp.bfloat16) if bf16 else y
 
 
-@functools.cache
 def cpu_has_bf16() -> bool:
-    """Whether /proc/cpuinfo lists avx512_bf16 or amx_bf16 (oneDNN's bfloat16 kernels)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((ln for ln in f if ln.startswith("flags")), "").split()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    """Whether the CPU lists avx512_bf16 or amx_bf16 (oneDNN's bfloat16 kernels)."""
+    from facegan_jax.models import fast_conv
+
+    return bool({"avx512_bf16", "amx_bf16"} & fast_conv.cpu_flags())
 
 
 def _pads(pad: Padding) -> tuple[int, int]:
@@ -198,54 +194,12 @@ def _transposed_weights(kernel: jax.Array) -> jax.Array:
     return jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2)
 
 
-@jax.custom_vjp
-def conv_stride2(x: jax.Array, kernel: jax.Array) -> jax.Array:
-    """``nn.Conv(F, (4, 4), strides=2, padding=1)`` of `x` [B,H,W,I] with `kernel` [4,4,I,F]."""
-    return conv_forward(x, kernel, 2, 1).astype(x.dtype)
-
-
-def _stride2_fwd(x, kernel):
-    return conv_stride2(x, kernel), (x, kernel)
-
-
-def _stride2_bwd(residuals, ct):
-    x, kernel = residuals
-    dx = conv_backward_data(ct, kernel, x.shape, 2, 1).astype(x.dtype)
-    dk = conv_backward_weights(x, ct, kernel.shape, 2, 1).astype(kernel.dtype)
-    return dx, dk
-
-
-conv_stride2.defvjp(_stride2_fwd, _stride2_bwd)
-
-
-@jax.custom_vjp
-def conv_transpose_2x(x: jax.Array, kernel: jax.Array) -> jax.Array:
-    """``nn.ConvTranspose(F, (4, 4), strides=2, padding=2)``: `x` [B,H,W,I], `kernel` [4,4,I,F]."""
-    b, h, w, _ = x.shape
-    out = (b, 2 * h, 2 * w, kernel.shape[-1])
-    return conv_backward_data(x, _transposed_weights(kernel), out, 2, 1).astype(x.dtype)
-
-
-def _transpose_fwd(x, kernel):
-    return conv_transpose_2x(x, kernel), (x, kernel)
-
-
-def _transpose_bwd(residuals, ct):
-    x, kernel = residuals
-    weights = _transposed_weights(kernel)
-    dx = conv_forward(ct, weights, 2, 1).astype(x.dtype)
-    dw = conv_backward_weights(ct, x, weights.shape, 2, 1)
-    return dx, _transposed_weights(dw).astype(kernel.dtype)
-
-
-conv_transpose_2x.defvjp(_transpose_fwd, _transpose_bwd)
-
 # The three parts of each layer as direct functions, for `fast_conv` to mix with XLA's:
 # forward (x, kernel) -> y; input gradient and weight gradient (ct, x, kernel) -> dx / dkernel.
 
 
 def stride2_parts() -> dict[str, Callable[..., jax.Array]]:
-    """{'fwd', 'dgrad', 'wgrad'} of `conv_stride2` on oneDNN."""
+    """{'fwd', 'dgrad', 'wgrad'} of ``nn.Conv(F, (4, 4), strides=2, padding=1)`` on oneDNN."""
     return {
         "fwd": lambda x, k: conv_forward(x, k, 2, 1).astype(x.dtype),
         "dgrad": lambda ct, x, k: conv_backward_data(ct, k, x.shape, 2, 1).astype(x.dtype),
@@ -254,7 +208,11 @@ def stride2_parts() -> dict[str, Callable[..., jax.Array]]:
 
 
 def transpose_parts() -> dict[str, Callable[..., jax.Array]]:
-    """{'fwd', 'dgrad', 'wgrad'} of `conv_transpose_2x` on oneDNN."""
+    """{'fwd', 'dgrad', 'wgrad'} of ``nn.ConvTranspose(F, (4, 4), strides=2, padding=2)``."""
+
+    def fwd(x, k):
+        out = (x.shape[0], 2 * x.shape[1], 2 * x.shape[2], k.shape[-1])
+        return conv_backward_data(x, _transposed_weights(k), out, 2, 1).astype(x.dtype)
 
     def wgrad(ct, x, k):
         w_shape = (k.shape[0], k.shape[1], k.shape[3], k.shape[2])
@@ -262,7 +220,25 @@ def transpose_parts() -> dict[str, Callable[..., jax.Array]]:
         return _transposed_weights(dw).astype(k.dtype)
 
     return {
-        "fwd": conv_transpose_2x,
+        "fwd": fwd,
         "dgrad": lambda ct, x, k: conv_forward(ct, _transposed_weights(k), 2, 1).astype(x.dtype),
         "wgrad": wgrad,
     }
+
+
+def conv_stride2(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """``nn.Conv(F, (4, 4), strides=2, padding=1)`` of `x` [B,H,W,I], `kernel` [4,4,I,F], every
+    part on oneDNN."""
+    return _all_parts("stride2")(x, kernel, None)
+
+
+def conv_transpose_2x(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """``nn.ConvTranspose(F, (4, 4), strides=2, padding=2)``: `x` [B,H,W,I], `kernel` [4,4,I,F],
+    every part on oneDNN."""
+    return _all_parts("transpose")(x, kernel, None)
+
+
+def _all_parts(layer: str) -> Callable[..., jax.Array]:
+    from facegan_jax.models import fast_conv
+
+    return fast_conv.hybrid(layer, "lax", frozenset({"fwd", "dgrad", "wgrad"}))

@@ -172,11 +172,19 @@ def test_the_ablation_command_end_to_end_with_a_race_beside_it(tmp_path, saved_f
     assert rc == 0, printed
     result = json.loads((out / "ablation.json").read_text())
     assert list(result["runs"]) == ["recipe", "seed1", "race:ours", "race:peer"]
-    # Real images are closer to real ones than any tiny generator's samples, and two
-    # seeds of one recipe are two different generators (scored separately, not copied).
-    # (Strictly above the floor, no margin: how many steps a 0.02-minute run makes
-    # depends on the machine, and a margin of 1.5x failed once when more steps fit.)
-    assert all(r[-1]["fd_attr"] > result["floor"]["fd_attr"] for r in result["runs"].values())
+    # The floor is the real training images scored against the validation ones (the
+    # same judge, computed here independently). Its ordering against the generators is
+    # not asserted: on 16 noise images a few-step generator can land below it (CI saw it).
+    from facegan_jax.metrics import attributes
+
+    judge = wallclock.load_classifier(str(saved_folder))
+    arrays = race_data.cached_arrays(celeba, tmp_path / "cache", log=lambda _: None)
+    train, val = np.load(arrays["train"]), np.load(arrays["validation"])
+    real = attributes.feature_statistics(judge.features(wallclock.to_float(val)))
+    expected = attributes.fd_attr(judge.features(wallclock.to_float(train)), real)
+    assert len(train) == 16 and result["floor"]["fd_attr"] == pytest.approx(expected, rel=1e-5)
+    # Two seeds of one recipe are two different generators (scored separately, not copied).
+    assert all(np.isfinite(r[-1]["fd_attr"]) for r in result["runs"].values())
     assert result["runs"]["recipe"][-1]["fd_attr"] != result["runs"]["seed1"][-1]["fd_attr"]
     assert (
         result["runs"]["race:ours"]

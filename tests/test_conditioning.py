@@ -3,6 +3,9 @@ balanced requests, classifier guidance, and the wall-clock clock of the training
 
 from __future__ import annotations
 
+import json
+import shutil
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -290,6 +293,44 @@ def test_guide_classifier_that_is_not_a_folder_is_a_config_error(tmp_path):
     config.loss.guide_classifier = str(tmp_path / "nothing")
     with pytest.raises(ValueError, match="config.loss.guide_classifier=.* is not an attribute"):
         train_step.validate_schedule(config)
+    # In a list of guides, the one that is not a folder is named.
+    config.loss.guide_classifier = f"{tmp_path / 'nothing'}, "
+    with pytest.raises(ValueError, match="guide_classifier='.*nothing' is not an attribute"):
+        train_step.validate_schedule(config)
+
+
+def test_several_guides_average_their_losses_each_over_its_own_attributes(saved_folder, tmp_path):
+    # A second guide: the same weights with other thresholds and other reliable attributes.
+    other = tmp_path / "other"
+    shutil.copytree(saved_folder, other)
+    meta = json.loads((other / "classifier.json").read_text())
+    meta["threshold_logits"] = [t + 0.7 for t in meta["threshold_logits"]]
+    meta["balanced_accuracy"] = {
+        n: 0.9 if n in ("Eyeglasses", "Smiling") else 0.5 for n in CELEBA_ATTRIBUTES
+    }
+    (other / "classifier.json").write_text(json.dumps(meta))
+    assert attributes.load(other).reliable_attributes() == ("Eyeglasses", "Smiling")
+    config = _control_config()
+    config.loss.guide_weight = 2.0
+    images = jax.random.uniform(jax.random.PRNGKey(0), (5, 32, 32, 3), minval=-1, maxval=1)
+    attrs = (jax.random.uniform(jax.random.PRNGKey(1), (5, 40)) < 0.5).astype(jnp.float32)
+    single = {}
+    for folder in (saved_folder, other):
+        config.loss.guide_classifier = str(folder)
+        single[folder] = float(train_step.make_guidance(config)(images, attrs))
+    assert abs(single[saved_folder] - single[other]) > 0.1  # two different guides
+    config.loss.guide_classifier = f"{saved_folder}, {other}"
+    assert train_step.guide_folders(config) == (str(saved_folder), str(other))
+    np.testing.assert_allclose(
+        float(train_step.make_guidance(config)(images, attrs)),
+        (single[saved_folder] + single[other]) / 2,
+        rtol=1e-5,
+    )
+    # The attributes a request may force: those any of the guides reads reliably.
+    config.train.forced_attributes = "guide"
+    first = set(attributes.load(saved_folder).reliable_attributes())
+    names = {CELEBA_ATTRIBUTES[i] for i in train_step.forced_candidates(config)}
+    assert names == first | {"Eyeglasses", "Smiling"} and names != first
 
 
 def test_clock_marks_every_interval_and_stops_at_the_deadline(monkeypatch):

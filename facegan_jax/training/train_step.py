@@ -160,24 +160,49 @@ def make_guidance(config: Any) -> Callable[..., jax.Array] | None:
     The classifier is frozen (its weights are constants of the compiled step). It must
     not be the classifier that judges the run: a generator can learn to fool the
     classifier it trained against without drawing the attribute.
+
+    Several guides, `config.loss.guide_classifier='FOLDER_A,FOLDER_B'` (an ensemble of
+    classifiers with other seeds and architectures): the loss is the mean of each
+    guide's loss (each over the attributes it reads reliably), so `guide_weight` keeps
+    its meaning. A change that fools one network rarely fools another (adversarial
+    examples transfer poorly between architectures), so G is pushed towards what every
+    guide reads, and, it is hoped, what an unseen judge reads too.
     """
-    folder = config.loss.get("guide_classifier") or ""
+    folders = guide_folders(config)
     weight = float(config.loss.get("guide_weight", 0.0))
     margin = float(config.loss.get("guide_margin", 0.0))
     augment = augment_lib.make_augment(config.loss.get("guide_augment", ""))
     resolution = int(config.loss.get("guide_resolution", 0))
-    if not folder or weight == 0:
+    if not folders or weight == 0:
         return None
     from facegan_jax.data.celeba_attributes import attribute_index
     from facegan_jax.metrics import attributes as attributes_lib
 
-    classifier = attributes_lib.load(folder)
-    net, size = classifier.net, classifier.image_size
-    params = jax.tree.map(jnp.asarray, classifier.params)
-    offset = jnp.asarray(classifier.threshold_logits, jnp.float32)  # [40]
-    mask = np.zeros(offset.shape, np.float32)
-    for name in classifier.reliable_attributes():
-        mask[attribute_index(name)] = 1.0
+    guides = []  # (net, image size, params, threshold logits [40], reliable mask [40])
+    for folder in folders:
+        classifier = attributes_lib.load(folder)
+        mask = np.zeros((len(classifier.threshold_logits),), np.float32)
+        for name in classifier.reliable_attributes():
+            mask[attribute_index(name)] = 1.0
+        params = jax.tree.map(jnp.asarray, classifier.params)
+        offset = jnp.asarray(classifier.threshold_logits, jnp.float32)
+        guides.append((classifier.net, classifier.image_size, params, offset, mask))
+
+    def one_guide(
+        x: jax.Array, attrs: jax.Array, weights: jax.Array | None, net, size, params, offset, mask
+    ) -> jax.Array:
+        if x.shape[1] != size:
+            shape = (x.shape[0], size, size, x.shape[3])
+            x = jax.image.resize(x, shape, "linear", antialias=True)
+        logits, _ = net.apply({"params": params}, x)  # [B, 40]
+        z = logits - offset  # 0 at the calibrated decision threshold
+        if margin > 0:
+            per = attrs * jax.nn.relu(margin - z) + (1 - attrs) * jax.nn.relu(margin + z)
+        else:
+            per = attrs * jax.nn.softplus(-z) + (1 - attrs) * jax.nn.softplus(z)  # [B, 40]
+        if weights is not None:
+            per = per * weights
+        return jnp.mean(jnp.sum(per * mask, axis=-1))
 
     def guide(
         images: jax.Array,
@@ -191,20 +216,16 @@ def make_guidance(config: Any) -> Callable[..., jax.Array] | None:
         if resolution and x.shape[1] > resolution:
             f = x.shape[1] // resolution
             x = x.reshape(x.shape[0], resolution, f, resolution, f, x.shape[3]).mean(axis=(2, 4))
-        if x.shape[1] != size:
-            shape = (x.shape[0], size, size, x.shape[3])
-            x = jax.image.resize(x, shape, "linear", antialias=True)
-        logits, _ = net.apply({"params": params}, x)  # [B, 40]
-        z = logits - offset  # 0 at the calibrated decision threshold
-        if margin > 0:
-            per = attrs * jax.nn.relu(margin - z) + (1 - attrs) * jax.nn.relu(margin + z)
-        else:
-            per = attrs * jax.nn.softplus(-z) + (1 - attrs) * jax.nn.softplus(z)  # [B, 40]
-        if weights is not None:
-            per = per * weights
-        return weight * jnp.mean(jnp.sum(per * mask, axis=-1))
+        losses = [one_guide(x, attrs, weights, *g) for g in guides]
+        return weight * sum(losses) / len(losses)
 
     return guide
+
+
+def guide_folders(config: Any) -> tuple[str, ...]:
+    """The guide classifier folders of `config.loss.guide_classifier` (comma-separated)."""
+    spec = str(config.loss.get("guide_classifier") or "")
+    return tuple(f.strip() for f in spec.split(",") if f.strip())
 
 
 # Fields only attribute-conditioned models read, with the values that mean "off"
@@ -243,12 +264,12 @@ def forced_candidates(config: Any) -> tuple[int, ...]:
     if not spec:
         return ()
     if spec == "guide":
-        folder = config.loss.get("guide_classifier")
-        if not folder:
+        folders = guide_folders(config)
+        if not folders:
             return ()  # no guide: every attribute may be forced
         from facegan_jax.metrics import attributes as attributes_lib
 
-        names = attributes_lib.load(folder).reliable_attributes()
+        names = sorted({n for f in folders for n in attributes_lib.load(f).reliable_attributes()})
     else:
         names = [n.strip() for n in spec.split(",") if n.strip()]
     unknown = [n for n in names if n not in CELEBA_ATTRIBUTES]
@@ -364,7 +385,11 @@ def validate_schedule(config: Any) -> None:
     if config.loss.get("guide_classifier"):
         from facegan_jax.metrics import attributes
 
-        attributes.check_folder(config.loss.guide_classifier, "config.loss.guide_classifier")
+        folders = guide_folders(config)
+        if not folders:
+            attributes.check_folder("", "config.loss.guide_classifier")
+        for folder in folders:
+            attributes.check_folder(folder, "config.loss.guide_classifier")
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

@@ -166,6 +166,12 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     # Relative odds of forcing each of those: 'Name:factor,...' ('Male:3': Male is forced
     # 3x as often as each other candidate, so G practises it more); '' uniform.
     train.forced_emphasis = ""
+    # In a request with a forced attribute A=v, G's attribute terms (aux head and
+    # guidance) skip every other entry whose requested value has probability below this
+    # among real vectors with A=v (the run's attribute pool): the forced attribute wins
+    # without being pulled back by contradictions the data never shows (Male forced on
+    # a vector with Wearing_Lipstick: P(Lipstick | Male) ~ 0.01). 0 disables.
+    train.forced_conflicts = 0.0
     # bfloat16 compute with float32 parameters, optimizer state and losses.
     train.mixed_precision = False
 

@@ -3,6 +3,7 @@ balanced requests, classifier guidance, and the wall-clock clock of the training
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 
@@ -152,6 +153,61 @@ def test_forced_attributes_restrict_which_attribute_a_request_forces(saved_folde
     config.train.forced_attributes = "Male,Smilling"
     with pytest.raises(ValueError, match=r"forced_attributes='Male,Smilling'.*\['Smilling'\]"):
         train_step.forced_candidates(config)
+
+
+def test_forced_conflicts_skip_the_entries_the_data_never_shows_with_the_forced_value():
+    male, lipstick, beard, smiling = 20, 36, 24, 31  # Male, Wearing_Lipstick, No_Beard, Smiling
+    # A pool where lipstick goes with women only (1 of 200 men), No_Beard with every
+    # woman, and Smiling with half of everyone.
+    pool = np.zeros((400, 40), np.float32)
+    pool[:200, male] = 1
+    pool[200:300, lipstick] = 1
+    pool[0, lipstick] = 1
+    pool[200:, beard] = 1
+    pool[:100, beard] = 1
+    pool[::2, smiling] = 1
+    table = train_step.conflict_table(pool)
+    assert table.shape == (2, 40, 40)
+    np.testing.assert_allclose(table[1, male, [lipstick, beard, smiling]], [0.005, 0.5, 0.5])
+    np.testing.assert_allclose(table[0, male, [lipstick, beard, smiling]], [0.5, 1.0, 0.5])
+    assert table[1, 0, 0] == 0.5  # attribute 0 is never on: no evidence, no conflict
+    # Requests: Male forced on a vector with lipstick and a smile; forced off on one
+    # without No_Beard; a row with nothing forced; Smiling forced.
+    attrs = np.zeros((4, 40), np.float32)
+    attrs[0, [male, lipstick, smiling]] = 1
+    attrs[2, [lipstick, beard]] = 1
+    attrs[3, [male, lipstick, smiling]] = 1
+    forced = np.zeros((4, 40), bool)
+    forced[0, male] = forced[1, male] = forced[3, smiling] = True
+    skip = np.asarray(train_step.conflicts(jnp.asarray(table), 0.02, attrs, forced))
+    assert skip[0].nonzero()[0].tolist() == [lipstick]  # P(lipstick | man) = 0.005
+    assert skip[1].nonzero()[0].tolist() == [beard]  # P(No_Beard off | woman) = 0
+    assert not skip[2].any() and not skip[3].any()  # nothing forced; no conflict
+    assert not np.asarray(train_step.conflicts(jnp.asarray(table), 0.004, attrs, forced))[0].any()
+    # Wired into the step: the conflicting entries weigh 0 in G's attribute terms.
+    config = _control_config()
+    config.train.forced_conflicts = 0.02
+    config.train.forced_attributes = "Male"
+    g, d = build_models(config)
+    spec = train_step.StepSpec.from_config(config, g, d, optax.adam(1e-3), optax.adam(1e-3))
+    assert spec.conflict_rate == 0.02 and spec.conflict_table.shape == (2, 40, 40)
+    spec = dataclasses.replace(spec, conflict_table=table)
+    real = jnp.asarray(pool[np.r_[0:64, 200:264]])  # 64 men with lipstick on one, 64 women
+    requests = train_step.sample_inputs(spec, jax.random.PRNGKey(3), 128, real)
+    w, a = np.asarray(requests.weights), np.asarray(requests.attrs)
+    every_row_forces_male = np.zeros((128, 40), bool)
+    every_row_forces_male[:, male] = True  # forced_attributes='Male', balanced_requests=1
+    expected = np.asarray(train_step.conflicts(jnp.asarray(table), 0.02, a, every_row_forces_male))
+    assert (w[expected] == 0).all() and (w[~expected] > 0).all() and expected.sum() >= 32
+    np.testing.assert_array_equal(np.asarray(requests.guide_weights), w)
+    for bad, message in ((0.5, r"must be in \[0, 0.5\)"), (-0.1, r"must be in \[0, 0.5\)")):
+        config.train.forced_conflicts = bad
+        with pytest.raises(ValueError, match=rf"forced_conflicts={bad} {message}"):
+            train_step.validate_schedule(config)
+    config.train.forced_conflicts = 0.02
+    config.train.balanced_requests = 0.0
+    with pytest.raises(ValueError, match="needs config.train.balanced_requests > 0"):
+        train_step.validate_schedule(config)
 
 
 def test_forced_emphasis_sets_how_often_each_attribute_is_forced():

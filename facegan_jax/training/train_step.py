@@ -140,6 +140,50 @@ def balance_requests(
     return jnp.where(forced, value, attrs), forced
 
 
+def conflict_table(pool: np.ndarray) -> np.ndarray:
+    """P(B=1 | A=v) over real attribute vectors: float32 [2, 40, 40] indexed [v, A, B].
+
+    Args:
+      pool: real attribute vectors {0, 1} [P, 40] (a run's attribute pool).
+
+    Returns:
+      [v, a, b]: the fraction of vectors with attribute a equal to v that have b on;
+      0.5 (no evidence either way) where no vector has a equal to v.
+    """
+    x = np.asarray(pool, np.float64) > 0.5  # [P, A]
+    table = np.full((2, x.shape[1], x.shape[1]), 0.5)
+    for v in (0, 1):
+        rows = (x == v).astype(np.float64)  # [P, A]: which vectors have a == v
+        count = rows.sum(axis=0)  # [A]
+        together = rows.T @ x.astype(np.float64)  # [A, B]: a == v and b on
+        seen = count > 0
+        table[v, seen] = together[seen] / count[seen, None]
+    return table.astype(np.float32)
+
+
+def conflicts(table: jax.Array, rate: float, attrs: jax.Array, forced: jax.Array) -> jax.Array:
+    """The entries of each request that contradict its forced attribute: bool [B, 40].
+
+    Args:
+      table: `conflict_table` [2, 40, 40].
+      rate: an entry conflicts when its requested value has probability below this
+        among real vectors with the forced attribute's value.
+      attrs: requested attributes float {0, 1} [B, 40].
+      forced: bool [B, 40], at most one True per row (`balance_requests`).
+
+    Returns:
+      bool [B, 40]; all False in rows with nothing forced, and never the forced entry.
+    """
+    f = forced.astype(jnp.float32)  # [B, A]
+    value = jnp.sum(f * attrs, axis=-1)  # [B]: the forced value (0 where none)
+    on = f @ table[1]  # [B, 40]: P(b=1 | the forced attribute on)
+    off = f @ table[0]  # [B, 40]: P(b=1 | the forced attribute off)
+    p_on = jnp.where(value[:, None] > 0.5, on, off)  # [B, 40]
+    p_requested = jnp.where(attrs > 0.5, p_on, 1.0 - p_on)
+    row = jnp.any(forced, axis=-1, keepdims=True)
+    return row & ~forced & (p_requested < rate)
+
+
 def make_guidance(config: Any) -> Callable[..., jax.Array] | None:
     """Classifier guidance: `guide(images, attrs, weights=None, key=None) -> loss`, or None.
 
@@ -246,6 +290,7 @@ _CONDITIONAL_ONLY = {
     ("train", "forced_weight"): 1.0,
     ("train", "forced_attributes"): "",
     ("train", "forced_emphasis"): "",
+    ("train", "forced_conflicts"): 0.0,
 }
 
 
@@ -356,6 +401,17 @@ def validate_schedule(config: Any) -> None:
     balanced = config.train.get("balanced_requests", 0.0)
     if not 0 <= balanced <= 1:
         raise ValueError(f"config.train.balanced_requests={balanced} must be in [0, 1]")
+    rate = config.train.get("forced_conflicts", 0.0)
+    if not 0 <= rate < 0.5:
+        raise ValueError(
+            f"config.train.forced_conflicts={rate} must be in [0, 0.5) (a probability "
+            "below which a request's entry contradicts its forced attribute; 0: off)"
+        )
+    if rate > 0 and not balanced > 0:
+        raise ValueError(
+            f"config.train.forced_conflicts={rate} acts on forced attributes: it needs "
+            "config.train.balanced_requests > 0"
+        )
     if not config.train.get("forced_weight", 1.0) > 0:
         raise ValueError(f"config.train.forced_weight={config.train.forced_weight} must be > 0")
     guide_weight = config.loss.get("guide_weight", 0.0)
@@ -426,6 +482,8 @@ class StepSpec:
     guide: Callable[..., jax.Array] | None
     guide_forced_only: bool
     guide_decay_steps: int
+    conflict_rate: float = 0.0
+    conflict_table: np.ndarray | None = None  # `conflict_table` of the attribute pool
 
     @classmethod
     def from_config(
@@ -440,6 +498,12 @@ class StepSpec:
         validate_schedule(config)
         conditional = models.is_conditional(config)
         candidates = forced_candidates(config) if conditional else ()
+        rate = float(config.train.get("forced_conflicts", 0.0)) if conditional else 0.0
+        table = None
+        if rate > 0:
+            from facegan_jax.data import input_pipeline
+
+            table = conflict_table(input_pipeline.attribute_pool(config))
         return cls(
             generator=generator,
             discriminator=discriminator,
@@ -467,6 +531,8 @@ class StepSpec:
             guide=make_guidance(config) if conditional else None,
             guide_forced_only=bool(config.loss.get("guide_forced_only", False)),
             guide_decay_steps=int(config.loss.get("guide_decay_steps", 0)),
+            conflict_rate=rate,
+            conflict_table=table,
         )
 
 
@@ -603,6 +669,11 @@ def sample_inputs(
             # The attribute a request forces weighs `forced_weight` in G's attribute
             # terms: it wins over the real vector's correlated attributes.
             weights = jnp.where(forced, spec.forced_weight, 1.0)  # [B, 40]
+        if spec.conflict_rate > 0:
+            # Entries the data never shows with the forced value pull nothing back.
+            table = jnp.asarray(spec.conflict_table)
+            skip = conflicts(table, spec.conflict_rate, attrs, forced)  # [B, 40]
+            weights = jnp.where(skip, 0.0, 1.0 if weights is None else weights)
         if spec.guide_forced_only:
             # Guidance only on the attribute each request forces: the rest of the
             # vector is left to D, so G is not pushed on 26 attributes per image.

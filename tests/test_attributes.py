@@ -200,6 +200,37 @@ def test_attribute_control_is_one_when_honoured_and_one_half_when_ignored(synth_
     assert default["attributes"] == synth_classifier.reliable_attributes()
 
 
+def test_consistent_requests_resolve_what_contradicts_the_forced_attribute(synth_classifier, bank):
+    male, lipstick, smiling = (
+        attributes.attribute_index(n) for n in ("Male", "Wearing_Lipstick", "Smiling")
+    )
+    pool = np.zeros((200, 40), np.float32)
+    pool[:100, male] = 1  # men, none with lipstick
+    pool[100:, lipstick] = 1  # women, all with lipstick
+    pool[::2, smiling] = 1
+    seen = []
+
+    def generate(indices, vectors):
+        seen.append(np.array(vectors))
+        return _ignoring_generator(bank)(indices, vectors)
+
+    for consistent in (0.0, 0.02):
+        seen.clear()
+        result = attributes.attribute_control(
+            synth_classifier, generate, pool, 50, attributes=("Male",), consistent=consistent
+        )
+        vectors = np.concatenate(seen)
+        on, off = vectors[:50], vectors[50:]
+        assert (on[:, male] == 1).all() and (off[:, male] == 0).all()
+        np.testing.assert_array_equal(on[:, smiling], off[:, smiling])  # not tied to Male
+        assert result["consistent"] == consistent
+        if consistent:  # a man without lipstick, a woman with it, whatever the vector
+            assert (on[:, lipstick] == 0).all() and (off[:, lipstick] == 1).all()
+        else:  # only Male changes: the drawn vectors' lipstick stays
+            np.testing.assert_array_equal(on[:, lipstick], off[:, lipstick])
+            assert 0 < on[:, lipstick].mean() < 1
+
+
 def test_fd_attr_on_classifier_features_separates_faces_from_altered_faces(synth_classifier, bank):
     images = bank[0]
     real = synth_classifier.features(images[:200])

@@ -15,6 +15,7 @@ import pytest
 
 from configs import celeba64_control, default
 from facegan_jax import errors, sharding
+from facegan_jax.data import celeba_attributes
 from facegan_jax.data.celeba_attributes import CELEBA_ATTRIBUTES
 from facegan_jax.metrics import attributes
 from facegan_jax.models import build_models
@@ -166,7 +167,7 @@ def test_forced_conflicts_skip_the_entries_the_data_never_shows_with_the_forced_
     pool[200:, beard] = 1
     pool[:100, beard] = 1
     pool[::2, smiling] = 1
-    table = train_step.conflict_table(pool)
+    table = celeba_attributes.conflict_table(pool)
     assert table.shape == (2, 40, 40)
     np.testing.assert_allclose(table[1, male, [lipstick, beard, smiling]], [0.005, 0.5, 0.5])
     np.testing.assert_allclose(table[0, male, [lipstick, beard, smiling]], [0.5, 1.0, 0.5])
@@ -179,11 +180,13 @@ def test_forced_conflicts_skip_the_entries_the_data_never_shows_with_the_forced_
     attrs[3, [male, lipstick, smiling]] = 1
     forced = np.zeros((4, 40), bool)
     forced[0, male] = forced[1, male] = forced[3, smiling] = True
-    skip = np.asarray(train_step.conflicts(jnp.asarray(table), 0.02, attrs, forced))
+    skip = np.asarray(celeba_attributes.conflicts(jnp.asarray(table), 0.02, attrs, forced))
     assert skip[0].nonzero()[0].tolist() == [lipstick]  # P(lipstick | man) = 0.005
     assert skip[1].nonzero()[0].tolist() == [beard]  # P(No_Beard off | woman) = 0
     assert not skip[2].any() and not skip[3].any()  # nothing forced; no conflict
-    assert not np.asarray(train_step.conflicts(jnp.asarray(table), 0.004, attrs, forced))[0].any()
+    assert not np.asarray(celeba_attributes.conflicts(jnp.asarray(table), 0.004, attrs, forced))[
+        0
+    ].any()
     # Wired into the step: the conflicting entries weigh 0 in G's attribute terms.
     config = _control_config()
     config.train.forced_conflicts = 0.02
@@ -197,7 +200,9 @@ def test_forced_conflicts_skip_the_entries_the_data_never_shows_with_the_forced_
     w, a = np.asarray(requests.weights), np.asarray(requests.attrs)
     every_row_forces_male = np.zeros((128, 40), bool)
     every_row_forces_male[:, male] = True  # forced_attributes='Male', balanced_requests=1
-    expected = np.asarray(train_step.conflicts(jnp.asarray(table), 0.02, a, every_row_forces_male))
+    expected = np.asarray(
+        celeba_attributes.conflicts(jnp.asarray(table), 0.02, a, every_row_forces_male)
+    )
     assert (w[expected] == 0).all() and (w[~expected] > 0).all() and expected.sum() >= 32
     np.testing.assert_array_equal(np.asarray(requests.guide_weights), w)
     for bad, message in ((0.5, r"must be in \[0, 0.5\)"), (-0.1, r"must be in \[0, 0.5\)")):

@@ -85,13 +85,16 @@ def test_evaluate_cli_prints_the_control_table_and_writes_json(
 ):
     out = tmp_path / "m.json"
     args = [f"--workdir={acgan_workdir}", f"--classifier={saved_folder}", "--num-samples=32"]
-    assert evaluate_cli.main([*args, "--n-per-side=8", "--batch-size=16", f"--json={out}"]) == 0
+    args += ["--n-per-side=8", "--batch-size=16", f"--json={out}", "--consistent-requests=0.02"]
+    assert evaluate_cli.main(args) == 0
     text = capsys.readouterr().out
     assert text.startswith("fd_attr ") and "attribute control" in text and "mean control" in text
+    assert "consistent requests at 0.02" in text
     assert "precision " in text and "coverage " in text and "cond_fd " in text
     metrics = json.loads(out.read_text())
     assert metrics["fd_attr"] > 0 and 0 <= metrics["attr_control"]["mean"] <= 1
     assert metrics["prdc"]["precision"] >= 0 and metrics["cond_fd"]["mean"] > 0
+    assert metrics["attr_control"]["consistent"] == 0.02
 
 
 def test_evaluate_cli_inception_space_fid_and_prdc(
@@ -132,6 +135,13 @@ def test_evaluate_cli_bad_input_is_one_line_and_exit_2(acgan_workdir, tmp_path, 
     err = capsys.readouterr().err.strip()
     assert err.startswith("evaluate: error:") and "\n" not in err
     assert evaluate_cli.main([f"--workdir={tmp_path}", f"--classifier={tmp_path}"]) == 2
+    capsys.readouterr()
+    args = [f"--workdir={acgan_workdir}", f"--classifier={tmp_path}", "--consistent-requests=0.5"]
+    with pytest.raises(SystemExit) as exit_info:  # a usage error, like argparse's own
+        evaluate_cli.main(args)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--consistent-requests=0.5 must be in [0, 0.5)" in err
 
 
 def test_inception_metrics_of_a_generator_that_copies_real_images(inception_params):

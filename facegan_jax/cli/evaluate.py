@@ -39,11 +39,23 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         default=None,
         help="pytorch-fid Inception weights (.pth): also FID and PRDC in Inception space",
     )
+    parser.add_argument(
+        "--consistent-requests",
+        type=float,
+        default=0.0,
+        metavar="RATE",
+        help="control on consistent requests: with an attribute forced, each entry whose "
+        "value has probability < RATE among real vectors with the forced value is set to "
+        "its likely value (no lipstick when a man is asked for); 0 (default): only the "
+        "attribute changes",
+    )
     errors.add_verbose_flag(parser)
     args = args_lib.parse_args(parser, argv)
     for name in ("num_samples", "n_per_side", "batch_size"):
         if getattr(args, name) < 2:
             parser.error(f"--{name.replace('_', '-')} must be >= 2")
+    if not 0 <= args.consistent_requests < 0.5:
+        parser.error(f"--consistent-requests={args.consistent_requests} must be in [0, 0.5)")
     return args
 
 
@@ -80,6 +92,7 @@ def _run(args: argparse.Namespace) -> None:
         pool=pool,
         n_per_side=args.n_per_side,
         real_labels=real_labels,
+        consistent=args.consistent_requests,
     )
     print(f"fd_attr {result['fd_attr']:.3f}  ({args.num_samples} generated vs {len(real)} real)")
     if result["prdc"] is not None:
@@ -104,9 +117,14 @@ def _run(args: argparse.Namespace) -> None:
         )
     control, cond = result["attr_control"], result["cond_fd"]
     if control is not None:
+        requests = (
+            f", consistent requests at {args.consistent_requests:g}"
+            if args.consistent_requests
+            else ""
+        )
         print(
-            f"attribute control ({control['n_per_side']} images per side, balanced accuracy) and "
-            "conditional FD (generated vs real with / without the attribute):"
+            f"attribute control ({control['n_per_side']} images per side, balanced accuracy"
+            f"{requests}) and conditional FD (generated vs real with / without the attribute):"
         )
         print(f"  {'attribute':22s} {'control':>7s}  {'judge':>5s}  {'cfd_on':>7s} {'cfd_off':>7s}")
         for name, score in control["per_attribute"].items():

@@ -3,10 +3,18 @@
 This module owns the attribute vocabulary shared by every dataset we read
 (TFDS `celeb_a`, our offline `celeba_local` builder and `synthetic_faces`) and by
 the attribute-conditioned models: an attribute vector is always a float32
-{0, 1} array of length 40 in this order.
+{0, 1} array of length 40 in this order; and which entries of a vector contradict
+an attribute forced on or off (`conflict_table`, `conflicts`: what training's
+`train.forced_conflicts` skips and what the control metric's consistent requests
+resolve).
 """
 
 from __future__ import annotations
+
+from typing import Any
+
+import jax.numpy as jnp
+import numpy as np
 
 CELEBA_ATTRIBUTES: tuple[str, ...] = (
     "5_o_Clock_Shadow",
@@ -62,3 +70,49 @@ def attribute_index(name: str) -> int:
         raise ValueError(
             f"unknown CelebA attribute {name!r}; valid names: {', '.join(CELEBA_ATTRIBUTES)}"
         ) from None
+
+
+def conflict_table(pool: np.ndarray) -> np.ndarray:
+    """P(B=1 | A=v) over real attribute vectors: float32 [2, 40, 40] indexed [v, A, B].
+
+    Args:
+      pool: real attribute vectors {0, 1} [P, 40] (a run's attribute pool).
+
+    Returns:
+      [v, a, b]: the fraction of vectors with attribute a equal to v that have b on;
+      0.5 (no evidence either way) where no vector has a equal to v.
+    """
+    x = np.asarray(pool, np.float64) > 0.5  # [P, A]
+    table = np.full((2, x.shape[1], x.shape[1]), 0.5)
+    for v in (0, 1):
+        rows = (x == v).astype(np.float64)  # [P, A]: which vectors have a == v
+        count = rows.sum(axis=0)  # [A]
+        together = rows.T @ x.astype(np.float64)  # [A, B]: a == v and b on
+        seen = count > 0
+        table[v, seen] = together[seen] / count[seen, None]
+    return table.astype(np.float32)
+
+
+def conflicts(table: Any, rate: float, attrs: Any, forced: Any) -> Any:
+    """The entries of each request that contradict its forced attribute: bool [B, 40].
+
+    Args:
+      table: `conflict_table` [2, 40, 40].
+      rate: an entry conflicts when its requested value has probability below this
+        among real vectors with the forced attribute's value.
+      attrs: requested attributes float {0, 1} [B, 40].
+      forced: bool [B, 40], at most one True per row (`balance_requests`).
+
+    Returns:
+      bool [B, 40] (a jax array); all False in rows with nothing forced, and never the
+      forced entry.
+    """
+    table, attrs, forced = jnp.asarray(table), jnp.asarray(attrs), jnp.asarray(forced, bool)
+    f = forced.astype(jnp.float32)  # [B, A]
+    value = jnp.sum(f * attrs, axis=-1)  # [B]: the forced value (0 where none)
+    on = f @ table[1]  # [B, 40]: P(b=1 | the forced attribute on)
+    off = f @ table[0]  # [B, 40]: P(b=1 | the forced attribute off)
+    p_on = jnp.where(value[:, None] > 0.5, on, off)  # [B, 40]
+    p_requested = jnp.where(attrs > 0.5, p_on, 1.0 - p_on)
+    row = jnp.any(forced, axis=-1, keepdims=True)
+    return row & ~forced & (p_requested < rate)

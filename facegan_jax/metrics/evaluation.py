@@ -420,6 +420,7 @@ def attribute_metrics(
     seed: int = 0,
     real_labels: np.ndarray | None = None,
     nearest_k: int = 5,
+    consistent: float = 0.0,
 ) -> dict[str, Any]:
     """fd_attr, precision/recall/density/coverage of a generator and, for conditional
     ones, attribute-control accuracy and conditional Frechet distances.
@@ -440,6 +441,8 @@ def attribute_metrics(
         `real_features`; with them (and a pool) the conditional Frechet distances
         are computed too.
       nearest_k: k of precision/recall/density/coverage.
+      consistent: control on consistent requests (`attributes.attribute_control`);
+        0: the metric's definition (only the attribute changes).
 
     Returns:
       {'fd_attr': float, 'prdc': {'precision', 'recall', 'density', 'coverage'},
@@ -473,6 +476,7 @@ def attribute_metrics(
             seed=seed,
             batch_size=batch_size,
             keep_features=real_labels is not None,
+            consistent=consistent,
         )
         # The conditional FD scores the control metric's own images (same draws):
         # nothing is generated or classified twice.

@@ -58,6 +58,7 @@ import numpy as np
 import optax
 
 from facegan_jax import errors, models
+from facegan_jax.data import celeba_attributes
 from facegan_jax.training import augment as augment_lib
 from facegan_jax.training import losses
 from facegan_jax.training.state import GanState
@@ -138,50 +139,6 @@ def balance_requests(
     value = jax.random.bernoulli(k_val, 0.5, (B, 1)).astype(attrs.dtype)  # [B, 1]
     forced = picked & which
     return jnp.where(forced, value, attrs), forced
-
-
-def conflict_table(pool: np.ndarray) -> np.ndarray:
-    """P(B=1 | A=v) over real attribute vectors: float32 [2, 40, 40] indexed [v, A, B].
-
-    Args:
-      pool: real attribute vectors {0, 1} [P, 40] (a run's attribute pool).
-
-    Returns:
-      [v, a, b]: the fraction of vectors with attribute a equal to v that have b on;
-      0.5 (no evidence either way) where no vector has a equal to v.
-    """
-    x = np.asarray(pool, np.float64) > 0.5  # [P, A]
-    table = np.full((2, x.shape[1], x.shape[1]), 0.5)
-    for v in (0, 1):
-        rows = (x == v).astype(np.float64)  # [P, A]: which vectors have a == v
-        count = rows.sum(axis=0)  # [A]
-        together = rows.T @ x.astype(np.float64)  # [A, B]: a == v and b on
-        seen = count > 0
-        table[v, seen] = together[seen] / count[seen, None]
-    return table.astype(np.float32)
-
-
-def conflicts(table: jax.Array, rate: float, attrs: jax.Array, forced: jax.Array) -> jax.Array:
-    """The entries of each request that contradict its forced attribute: bool [B, 40].
-
-    Args:
-      table: `conflict_table` [2, 40, 40].
-      rate: an entry conflicts when its requested value has probability below this
-        among real vectors with the forced attribute's value.
-      attrs: requested attributes float {0, 1} [B, 40].
-      forced: bool [B, 40], at most one True per row (`balance_requests`).
-
-    Returns:
-      bool [B, 40]; all False in rows with nothing forced, and never the forced entry.
-    """
-    f = forced.astype(jnp.float32)  # [B, A]
-    value = jnp.sum(f * attrs, axis=-1)  # [B]: the forced value (0 where none)
-    on = f @ table[1]  # [B, 40]: P(b=1 | the forced attribute on)
-    off = f @ table[0]  # [B, 40]: P(b=1 | the forced attribute off)
-    p_on = jnp.where(value[:, None] > 0.5, on, off)  # [B, 40]
-    p_requested = jnp.where(attrs > 0.5, p_on, 1.0 - p_on)
-    row = jnp.any(forced, axis=-1, keepdims=True)
-    return row & ~forced & (p_requested < rate)
 
 
 def make_guidance(config: Any) -> Callable[..., jax.Array] | None:
@@ -483,7 +440,7 @@ class StepSpec:
     guide_forced_only: bool
     guide_decay_steps: int
     conflict_rate: float = 0.0
-    conflict_table: np.ndarray | None = None  # `conflict_table` of the attribute pool
+    conflict_table: np.ndarray | None = None  # celeba_attributes.conflict_table of the pool
 
     @classmethod
     def from_config(
@@ -503,7 +460,7 @@ class StepSpec:
         if rate > 0:
             from facegan_jax.data import input_pipeline
 
-            table = conflict_table(input_pipeline.attribute_pool(config))
+            table = celeba_attributes.conflict_table(input_pipeline.attribute_pool(config))
         return cls(
             generator=generator,
             discriminator=discriminator,
@@ -672,7 +629,7 @@ def sample_inputs(
         if spec.conflict_rate > 0:
             # Entries the data never shows with the forced value pull nothing back.
             table = jnp.asarray(spec.conflict_table)
-            skip = conflicts(table, spec.conflict_rate, attrs, forced)  # [B, 40]
+            skip = celeba_attributes.conflicts(table, spec.conflict_rate, attrs, forced)  # [B, 40]
             weights = jnp.where(skip, 0.0, 1.0 if weights is None else weights)
         if spec.guide_forced_only:
             # Guidance only on the attribute each request forces: the rest of the

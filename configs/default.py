@@ -172,6 +172,12 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     # without being pulled back by contradictions the data never shows (Male forced on
     # a vector with Wearing_Lipstick: P(Lipstick | Male) ~ 0.01). 0 disables.
     train.forced_conflicts = 0.0
+    # Consistent requests: in a request with a forced attribute A=v, every other entry
+    # whose value has probability below this among real vectors with A=v is set to its
+    # likely value (a man is asked for without lipstick), so G, D's projection and every
+    # attribute term see the request a user would write (the sample command's requests
+    # and `evaluate --consistent-requests` are made the same way). 0 disables.
+    train.consistent_requests = 0.0
     # bfloat16 compute with float32 parameters, optimizer state and losses.
     train.mixed_precision = False
 

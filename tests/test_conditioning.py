@@ -205,10 +205,21 @@ def test_forced_conflicts_skip_the_entries_the_data_never_shows_with_the_forced_
     )
     assert (w[expected] == 0).all() and (w[~expected] > 0).all() and expected.sum() >= 32
     np.testing.assert_array_equal(np.asarray(requests.guide_weights), w)
-    for bad, message in ((0.5, r"must be in \[0, 0.5\)"), (-0.1, r"must be in \[0, 0.5\)")):
-        config.train.forced_conflicts = bad
-        with pytest.raises(ValueError, match=rf"forced_conflicts={bad} {message}"):
-            train_step.validate_schedule(config)
+    # Consistent requests instead: those entries are set to their likely value (the same
+    # draws otherwise), and then nothing is left to skip.
+    spec = dataclasses.replace(spec, conflict_rate=0.0, consistent_rate=0.02)
+    resolved = train_step.sample_inputs(spec, jax.random.PRNGKey(3), 128, real)
+    r = np.asarray(resolved.attrs)
+    np.testing.assert_array_equal(r, np.where(expected, 1 - a, a))
+    assert resolved.weights is not None and (np.asarray(resolved.weights) > 0).all()
+    again = celeba_attributes.conflicts(jnp.asarray(table), 0.02, r, every_row_forces_male)
+    assert not np.asarray(again).any()
+    for field in ("forced_conflicts", "consistent_requests"):
+        for bad in (0.5, -0.1):
+            config.train[field] = bad
+            with pytest.raises(ValueError, match=rf"{field}={bad} must be in \[0, 0.5\)"):
+                train_step.validate_schedule(config)
+        config.train[field] = 0.0
     config.train.forced_conflicts = 0.02
     config.train.balanced_requests = 0.0
     with pytest.raises(ValueError, match="needs config.train.balanced_requests > 0"):

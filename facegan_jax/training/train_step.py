@@ -248,6 +248,7 @@ _CONDITIONAL_ONLY = {
     ("train", "forced_attributes"): "",
     ("train", "forced_emphasis"): "",
     ("train", "forced_conflicts"): 0.0,
+    ("train", "consistent_requests"): 0.0,
 }
 
 
@@ -358,17 +359,18 @@ def validate_schedule(config: Any) -> None:
     balanced = config.train.get("balanced_requests", 0.0)
     if not 0 <= balanced <= 1:
         raise ValueError(f"config.train.balanced_requests={balanced} must be in [0, 1]")
-    rate = config.train.get("forced_conflicts", 0.0)
-    if not 0 <= rate < 0.5:
-        raise ValueError(
-            f"config.train.forced_conflicts={rate} must be in [0, 0.5) (a probability "
-            "below which a request's entry contradicts its forced attribute; 0: off)"
-        )
-    if rate > 0 and not balanced > 0:
-        raise ValueError(
-            f"config.train.forced_conflicts={rate} acts on forced attributes: it needs "
-            "config.train.balanced_requests > 0"
-        )
+    for field in ("forced_conflicts", "consistent_requests"):
+        rate = config.train.get(field, 0.0)
+        if not 0 <= rate < 0.5:
+            raise ValueError(
+                f"config.train.{field}={rate} must be in [0, 0.5) (a probability below "
+                "which a request's entry contradicts its forced attribute; 0: off)"
+            )
+        if rate > 0 and not balanced > 0:
+            raise ValueError(
+                f"config.train.{field}={rate} acts on forced attributes: it needs "
+                "config.train.balanced_requests > 0"
+            )
     if not config.train.get("forced_weight", 1.0) > 0:
         raise ValueError(f"config.train.forced_weight={config.train.forced_weight} must be > 0")
     guide_weight = config.loss.get("guide_weight", 0.0)
@@ -440,6 +442,7 @@ class StepSpec:
     guide_forced_only: bool
     guide_decay_steps: int
     conflict_rate: float = 0.0
+    consistent_rate: float = 0.0
     conflict_table: np.ndarray | None = None  # celeba_attributes.conflict_table of the pool
 
     @classmethod
@@ -456,8 +459,9 @@ class StepSpec:
         conditional = models.is_conditional(config)
         candidates = forced_candidates(config) if conditional else ()
         rate = float(config.train.get("forced_conflicts", 0.0)) if conditional else 0.0
+        consistent = float(config.train.get("consistent_requests", 0.0)) if conditional else 0.0
         table = None
-        if rate > 0:
+        if rate > 0 or consistent > 0:
             from facegan_jax.data import input_pipeline
 
             table = celeba_attributes.conflict_table(input_pipeline.attribute_pool(config))
@@ -489,6 +493,7 @@ class StepSpec:
             guide_forced_only=bool(config.loss.get("guide_forced_only", False)),
             guide_decay_steps=int(config.loss.get("guide_decay_steps", 0)),
             conflict_rate=rate,
+            consistent_rate=consistent,
             conflict_table=table,
         )
 
@@ -622,6 +627,11 @@ def sample_inputs(
         attrs, forced = balance_requests(
             k_bal, attrs, spec.balanced, spec.forced_candidates, spec.forced_odds
         )
+        if spec.consistent_rate > 0:
+            # The request a user would write: what contradicts the forced value goes.
+            table = jnp.asarray(spec.conflict_table)
+            resolve = celeba_attributes.conflicts(table, spec.consistent_rate, attrs, forced)
+            attrs = jnp.where(resolve, 1.0 - attrs, attrs)
         if spec.forced_weight != 1.0:
             # The attribute a request forces weighs `forced_weight` in G's attribute
             # terms: it wins over the real vector's correlated attributes.

@@ -152,8 +152,11 @@ def test_attrs_apply_on_top_of_pool_vectors_and_edit_changes_only_that_input(
     attrs_flags = ["--attrs", "Smiling=1,Eyeglasses=0", "--out-dir", tmp_path / "attrs"]
     rc, _, _ = _run(capsys, *seeds_flags, *attrs_flags)
     assert rc == 0
-    expected_vectors = sampling.apply_attribute_values(
-        pool_vectors, {SMILING: 1.0, EYEGLASSES: 0.0}
+    # What contradicts the asked values in the pool vectors is resolved (the default).
+    expected_vectors = sampling.consistent_attributes(
+        sampling.apply_attribute_values(pool_vectors, {SMILING: 1.0, EYEGLASSES: 0.0}),
+        (SMILING, EYEGLASSES),
+        generate.pool,
     )
     expected = sampling.to_uint8(
         sampling.generate_latents_in_batches(generate, variables, z, 3, expected_vectors)
@@ -164,7 +167,15 @@ def test_attrs_apply_on_top_of_pool_vectors_and_edit_changes_only_that_input(
     rc, _, _ = _run(capsys, *seeds_flags, "--attributes", "Smiling", "--out-dir", tmp_path / "old")
     on = sampling.to_uint8(
         sampling.generate_latents_in_batches(
-            generate, variables, z, 3, sampling.apply_attribute_values(pool_vectors, {SMILING: 1.0})
+            generate,
+            variables,
+            z,
+            3,
+            sampling.consistent_attributes(
+                sampling.apply_attribute_values(pool_vectors, {SMILING: 1.0}),
+                [SMILING],
+                generate.pool,
+            ),
         )
     )
     assert rc == 0
@@ -312,7 +323,8 @@ def test_attribute_grid_rows_are_each_attribute_off_then_on_columns_the_seeds(
     for name, index in (("Smiling", SMILING), ("Eyeglasses", EYEGLASSES)):
         for value, label in ((0.0, "off"), (1.0, "on")):
             vectors = pool_vectors.copy()
-            vectors[:, index] = value  # only that attribute differs from the seed's real vector
+            vectors[:, index] = value  # that attribute and what contradicts it differ
+            vectors = sampling.consistent_attributes(vectors, [index], generate.pool)
             expected = sampling.to_uint8(
                 sampling.generate_latents_in_batches(generate, variables, z, 3, vectors)
             )

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from configs import acgan64
-from facegan_jax.data.celeba_attributes import attribute_index
+from facegan_jax.data.celeba_attributes import CELEBA_ATTRIBUTES, attribute_index
 from facegan_jax.generation import sampling
 from facegan_jax.training import components
 from tests.helpers import tiny_config
@@ -216,3 +216,30 @@ def test_mp4_walk_has_the_frames_and_fps_asked_for(tmp_path):
         got = np.stack([frame for frame in reader])  # not list(): its len() is inf
         assert got.shape == (4, 16, 16, 3) and reader.get_meta_data()["fps"] == 5
     np.testing.assert_allclose(got.mean(axis=(1, 2, 3)), [0, 50, 100, 150], atol=4)
+
+
+def test_consistent_attributes_resolve_what_contradicts_the_asked_entries():
+    male, lipstick, beard, smiling = (
+        CELEBA_ATTRIBUTES.index(n) for n in ("Male", "Wearing_Lipstick", "No_Beard", "Smiling")
+    )
+    pool = np.zeros((100, 40), np.float32)
+    pool[:50, male] = 1  # men: no lipstick, half bearded
+    pool[50:, lipstick] = 1  # women: lipstick, never a beard
+    pool[50:, beard] = 1
+    pool[:25, beard] = 1
+    pool[::2, smiling] = 1
+    woman = pool[50:51].copy()
+    asked = sampling.apply_attribute_values(woman, {male: 1.0})
+    got = sampling.consistent_attributes(asked, [male], pool, 0.02)
+    want = asked.copy()
+    want[0, lipstick] = 0  # a man is asked for without lipstick; the rest stays
+    np.testing.assert_array_equal(got, want)
+    # Asked for both, both stay: the user's word wins over the data.
+    both = sampling.apply_attribute_values(woman, {male: 1.0, lipstick: 1.0})
+    np.testing.assert_array_equal(
+        sampling.consistent_attributes(both, [male, lipstick], pool), both
+    )
+    # A bearded man asked to be a woman loses the beard; rate 0 changes nothing.
+    man = sampling.apply_attribute_values(pool[30:31], {male: 0.0})
+    assert man[0, beard] == 0 and sampling.consistent_attributes(man, [male], pool)[0, beard] == 1
+    np.testing.assert_array_equal(sampling.consistent_attributes(asked, [male], pool, 0.0), asked)

@@ -132,6 +132,16 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="conditional models: e.g. Eyeglasses,Smiling = --attrs Eyeglasses=1,Smiling=1",
     )
+    parser.add_argument(
+        "--consistent-requests",
+        type=float,
+        default=sampling.DEFAULT_CONSISTENT,
+        metavar="RATE",
+        help="conditional models: entries of the pool vector that contradict what you ask "
+        "for (probability < RATE among real vectors with that value: lipstick when you ask "
+        "for Male) are set to their likely value; 0: the pool vector as it is "
+        f"(default {sampling.DEFAULT_CONSISTENT})",
+    )
     walk = parser.add_argument_group("interpolation")
     walk.add_argument("--interpolate", metavar="SEEDS", help="walk through these seeds: 3,17,42")
     walk.add_argument("--frames", type=int, default=60, help="frames in the whole walk")
@@ -202,6 +212,8 @@ def _run(args: argparse.Namespace) -> None:
     values.update(sampling.parse_attribute_values(args.attrs))
     if not np.isfinite(args.truncation):
         raise ValueError(f"--truncation={args.truncation} must be a finite number")
+    if not 0 <= args.consistent_requests < 0.5:
+        raise ValueError(f"--consistent-requests={args.consistent_requests} must be in [0, 0.5)")
     keys = sampling.parse_seeds(args.interpolate, "--interpolate") if args.interpolate else None
     if keys is not None:
         sampling.interpolation_schedule(len(keys), args.frames)
@@ -249,7 +261,7 @@ def _run(args: argparse.Namespace) -> None:
             )
         _attribute_grid(args, generate, variables, seeds, values, grid_indices)
     elif args.out or args.out_dir:
-        z, attrs = _inputs(generate, seeds, values, args.truncation)
+        z, attrs = _inputs(generate, seeds, values, args.truncation, args.consistent_requests)
         images = sampling.generate_latents_in_batches(
             generate, variables, z, args.batch_size, attrs
         )
@@ -257,15 +269,23 @@ def _run(args: argparse.Namespace) -> None:
 
 
 def _inputs(
-    generate: sampling.SeededGenerator, seeds: Sequence[int], values: dict[int, float], psi: float
+    generate: sampling.SeededGenerator,
+    seeds: Sequence[int],
+    values: dict[int, float],
+    psi: float,
+    consistent: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """Latents [N, Z] (truncated) and attribute vectors [N, 40] (None: unconditional) of seeds."""
+    """Latents [N, Z] (truncated) and attribute vectors [N, 40] (None: unconditional) of seeds.
+
+    `consistent` > 0: what contradicts `values` in the pool vectors is resolved
+    (`sampling.consistent_attributes`).
+    """
     idx = np.asarray(seeds, np.int64)
     z = np.asarray(sampling.truncate(generate.latents(idx), psi))
     if not generate.conditional:
         return z, None
     attrs = sampling.apply_attribute_values(np.asarray(generate.attributes(idx)), values)
-    return z, attrs
+    return z, sampling.consistent_attributes(attrs, values, generate.pool, consistent)
 
 
 def _render(args: argparse.Namespace, generate: sampling.SeededGenerator, variables: Any):
@@ -294,7 +314,7 @@ def _write_images(
 
 
 def _interpolate(args, generate, variables, keys, values) -> None:
-    z_keys, attr_keys = _inputs(generate, keys, values, args.truncation)
+    z_keys, attr_keys = _inputs(generate, keys, values, args.truncation, args.consistent_requests)
     z, attrs = sampling.interpolate(z_keys, args.frames, not args.lerp, attr_keys)
     images = _render(args, generate, variables)(z, attrs)
     names = [f"frame_{f:05d}.png" for f in range(len(images))]
@@ -312,7 +332,7 @@ def _interpolate(args, generate, variables, keys, values) -> None:
 def _edit(args, generate, variables, seeds, values, index, strengths) -> None:
     name = CELEBA_ATTRIBUTES[index]
     render = _render(args, generate, variables)
-    z, attrs = _inputs(generate, seeds, values, args.truncation)
+    z, attrs = _inputs(generate, seeds, values, args.truncation, args.consistent_requests)
     if generate.conditional:
         strengths = strengths or parse_strengths(DEFAULT_CONDITIONAL_STRENGTHS)
         bad = [s for s in strengths if not 0.0 <= s <= 1.0]
@@ -320,6 +340,8 @@ def _edit(args, generate, variables, seeds, values, index, strengths) -> None:
             raise ValueError(
                 f"--strength: a conditional model's attribute input is in [0, 1]; got {bad}"
             )
+        if set(strengths) <= {0.0, 1.0}:  # off / on: each column a consistent request
+            render = _consistent_render(render, args, generate, values, index)
         images = editing.conditional_edit(render, z, attrs, index, strengths)
         classifier_folder = args.classifier
     else:
@@ -351,13 +373,27 @@ def _edit(args, generate, variables, seeds, values, index, strengths) -> None:
             print(line)
 
 
+def _consistent_render(render, args, generate, values, index):
+    """`render` whose requests resolve what contradicts `values` and attribute `index`."""
+    asked = {*values, index}
+
+    def consistent(z: np.ndarray, attrs: np.ndarray) -> np.ndarray:
+        attrs = sampling.consistent_attributes(
+            attrs, asked, generate.pool, args.consistent_requests
+        )
+        return render(z, attrs)
+
+    return consistent
+
+
 def _attribute_grid(args, generate, variables, seeds, values, indices) -> None:
     """Rows: each attribute off, then on; columns: the seeds (same latent down a column)."""
     render = _render(args, generate, variables)
-    z, attrs = _inputs(generate, seeds, values, args.truncation)
+    z, attrs = _inputs(generate, seeds, values, args.truncation, args.consistent_requests)
     rows, names = [], []
     for index in indices:
-        images = editing.conditional_edit(render, z, attrs, index, [0.0, 1.0])  # [N, 2, ...]
+        consistent = _consistent_render(render, args, generate, values, index)
+        images = editing.conditional_edit(consistent, z, attrs, index, [0.0, 1.0])  # [N, 2, ...]
         rows.append(np.swapaxes(images, 0, 1))  # [2, N, ...]
         name = CELEBA_ATTRIBUTES[index]
         names += [f"{name}_{v}_seed_{s:05d}.png" for v in ("off", "on") for s in seeds]

@@ -94,25 +94,24 @@ def conflict_table(pool: np.ndarray) -> np.ndarray:
 
 
 def conflicts(table: Any, rate: float, attrs: Any, forced: Any) -> Any:
-    """The entries of each request that contradict its forced attribute: bool [B, 40].
+    """The entries of each request that contradict one of its forced attributes: bool [B, 40].
 
     Args:
       table: `conflict_table` [2, 40, 40].
       rate: an entry conflicts when its requested value has probability below this
-        among real vectors with the forced attribute's value.
+        among real vectors with a forced attribute's value.
       attrs: requested attributes float {0, 1} [B, 40].
-      forced: bool [B, 40], at most one True per row (`balance_requests`).
+      forced: bool [B, 40], the entries that were asked for (one per row in training's
+        balanced requests; any number in the sample command's).
 
     Returns:
-      bool [B, 40] (a jax array); all False in rows with nothing forced, and never the
-      forced entry.
+      bool [B, 40] (a jax array); all False in rows with nothing forced, and never a
+      forced entry (two asked-for entries that contradict each other both stay).
     """
     table, attrs, forced = jnp.asarray(table), jnp.asarray(attrs), jnp.asarray(forced, bool)
-    f = forced.astype(jnp.float32)  # [B, A]
-    value = jnp.sum(f * attrs, axis=-1)  # [B]: the forced value (0 where none)
-    on = f @ table[1]  # [B, 40]: P(b=1 | the forced attribute on)
-    off = f @ table[0]  # [B, 40]: P(b=1 | the forced attribute off)
-    p_on = jnp.where(value[:, None] > 0.5, on, off)  # [B, 40]
-    p_requested = jnp.where(attrs > 0.5, p_on, 1.0 - p_on)
-    row = jnp.any(forced, axis=-1, keepdims=True)
-    return row & ~forced & (p_requested < rate)
+    on = attrs > 0.5  # [B, A]
+    # [B, A, B']: P(b=1 | a at its requested value), then of b's requested value.
+    p_on = jnp.where(on[:, :, None], table[1][None], table[0][None])
+    p_requested = jnp.where(on[:, None, :], p_on, 1.0 - p_on)
+    contradicted = jnp.any(forced[:, :, None] & (p_requested < rate), axis=1)  # [B, B']
+    return contradicted & ~forced

@@ -36,7 +36,7 @@ import importlib.util
 import math
 import os
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -45,12 +45,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from facegan_jax import fileio, models
+from facegan_jax.data import celeba_attributes
 from facegan_jax.data.celeba_attributes import CELEBA_ATTRIBUTES, NUM_ATTRIBUTES
 
 PyTree = Any
 
 # Largest seed: latents fold the index in as a uint32.
 MAX_SEED = 2**32 - 1
+# The sample command's default `--consistent-requests` (`consistent_attributes`).
+DEFAULT_CONSISTENT = 0.02
 # Extensions `save_animation` writes.
 ANIMATION_FORMATS = (".gif", ".mp4")
 VIDEO_INSTALL_HINT = "pip install imageio-ffmpeg (or pip install 'facegan_jax[video]')"
@@ -230,6 +233,34 @@ def apply_attribute_values(vectors: Any, values: Mapping[int, float]) -> np.ndar
     for index, value in values.items():
         out[:, index] = value
     return out
+
+
+def consistent_attributes(
+    vectors: Any, asked: Iterable[int], pool: Any, rate: float = DEFAULT_CONSISTENT
+) -> np.ndarray:
+    """Attribute vectors [N, 40] with what contradicts the asked-for entries resolved; a copy.
+
+    A pool vector is a real person's: asked for Male on a woman's vector, the request
+    would also hold her Wearing_Lipstick, which the data never shows on a man (and a
+    classifier then reads as a woman). Each entry not in `asked` whose value has
+    probability below `rate` among the pool's vectors with an asked entry's value is
+    set to its likely value (`celeba_attributes.conflicts`); `rate=0` changes nothing.
+
+    Args:
+      vectors: attribute vectors {0, 1} [N, 40] with the asked values already set.
+      asked: indices the user set (kept whatever they are).
+      pool: real attribute vectors [P, 40] the probabilities come from.
+      rate: the probability below which an entry contradicts an asked one.
+    """
+    out = np.array(vectors, np.float32, copy=True)
+    asked = sorted(set(asked))
+    if rate <= 0 or not asked or pool is None:
+        return out
+    forced = np.zeros(out.shape, bool)
+    forced[:, asked] = True
+    table = celeba_attributes.conflict_table(np.asarray(pool))
+    skip = np.asarray(celeba_attributes.conflicts(table, rate, out, forced))
+    return np.where(skip, 1.0 - out, out).astype(np.float32)
 
 
 # ----------------------------------------------------------------------------- generators

@@ -33,7 +33,14 @@ with every conditioning lever a config field:
   216 / 232. A robust guide (`data_prep.train_attribute_classifier --init-from GUIDE
   --adversarial-eps 2.0`) at 0.3: 0.841 / 0.855 at fd_attr 97.7 / 88.3 (eighth stop);
   with `train.forced_emphasis='Male:4,Smiling:2'` as well, Male 0.885 / 0.835 (0.800 / 0.820
-  without), control 0.825 / 0.855 at fd_attr 100 / 87 (ninth stop; not adopted).
+  without), control 0.825 / 0.855 at fd_attr 100 / 87 (ninth stop; not adopted). Several
+  guides at once: `loss.guide_classifier='ROBUST,PLAIN'` (the mean of their losses; tenth stop:
+  0.868 at fd_attr 104.5, one seed; not adopted);
+* requests that contradict themselves (Male forced on a woman's vector with
+  Wearing_Lipstick): `train.forced_conflicts` (G's attribute terms skip what contradicts the
+  forced value) and `train.consistent_requests` (the request resolves it); measured in the
+  tenth stop, off here. Control on consistent requests, as the sample command asks by
+  default: `evaluate --consistent-requests 0.02`.
 
 Prepare CelebA and the guide classifier once (README), then train:
 

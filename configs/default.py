@@ -218,6 +218,9 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     # Images generated with each attribute forced on (and as many forced off).
     attr_eval.n_per_side = 100
     attr_eval.batch_size = 64
+    # > 0: also `eval/attr_control_consistent` (and per attribute): control on consistent
+    # requests at this rate (`evaluate --consistent-requests`; what `sample` asks by default).
+    attr_eval.consistent_requests = 0.0
 
     if check_variant(variant, __file__) == "runlocal":
         shrink_to_runlocal(config)

@@ -70,6 +70,24 @@ def test_attribute_hook_reports_fd_attr_and_control_per_reliable_attribute(
     cond = {k.split("/")[-1]: v for k, v in scalars.items() if k.startswith("eval/cond_fd/")}
     assert set(cond) == set(reliable) and all(v > 0 for v in cond.values() if np.isfinite(v))
     np.testing.assert_allclose(scalars["eval/cond_fd"], np.nanmean(list(cond.values())))
+    assert not any(k.startswith("eval/attr_control_consistent") for k in scalars)
+    # attr_eval.consistent_requests: control on consistent requests too, as evaluate gives it.
+    config.attr_eval.consistent_requests = 0.02
+    hook = evaluation.make_attribute_hook(config, run.generator, pool, str(acgan_workdir))
+    both = hook(run.create_state())
+    assert both["eval/attr_control"] == scalars["eval/attr_control"]
+    consistent = {
+        k.split("/")[-1]: v
+        for k, v in both.items()
+        if k.startswith("eval/attr_control_consistent/")
+    }
+    assert set(consistent) == set(reliable)
+    np.testing.assert_allclose(
+        both["eval/attr_control_consistent"], np.mean(list(consistent.values()))
+    )
+    config.attr_eval.consistent_requests = 0.5
+    with pytest.raises(ValueError, match=r"consistent_requests=0.5 must be in \[0, 0.5\)"):
+        evaluation.make_attribute_hook(config, run.generator, pool, str(acgan_workdir))
 
 
 def test_attribute_hook_is_off_by_default_and_needs_a_classifier():

@@ -535,6 +535,11 @@ def make_attribute_hook(
     # Metrics average thousands of images: the batched path (one generator call per
     # batch), not `sample`'s bit-reproducible batch-1 path, which serialises a GPU.
     generate = sampling.make_batched_generate_fn(generator, config, seed=config.seed, pool=pool)
+    consistent = float(config.attr_eval.get("consistent_requests", 0.0))
+    if not 0 <= consistent < 0.5:
+        raise ValueError(
+            f"config.attr_eval.consistent_requests={consistent} must be in [0, 0.5) (0: off)"
+        )
 
     def hook(state: Any) -> dict[str, float]:
         variables = {"params": state.ema_params, **state.ema_vars}
@@ -550,6 +555,20 @@ def make_attribute_hook(
             seed=config.seed,
             real_labels=real_labels,
         )
-        return attribute_scalars(result)
+        scalars = attribute_scalars(result)
+        if consistent > 0 and pool is not None:
+            control = attributes.attribute_control(
+                classifier,
+                lambda idx, vec: as_rgb(generate.jitted(variables, idx, vec)),
+                pool,
+                config.attr_eval.n_per_side,
+                seed=config.seed,
+                batch_size=config.attr_eval.batch_size,
+                consistent=consistent,
+            )
+            scalars["eval/attr_control_consistent"] = control["mean"]
+            for name, score in control["per_attribute"].items():
+                scalars[f"eval/attr_control_consistent/{name}"] = score
+        return scalars
 
     return hook

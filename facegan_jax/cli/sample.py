@@ -21,7 +21,10 @@ own images, bit for bit.
 Conditional models draw each seed's attribute vector from the workdir's pool
 of real vectors; `--attrs Name=value,...` sets attributes on top of it, and the
 older `--attributes A,B` switches A and B on, also on top of the real vector
-(it used to start from an all-zero vector). `--edit NAME` writes a row per
+(it used to start from an all-zero vector). What the real vector holds against
+the request is resolved (`--consistent-requests 0.02`, the default; 0: the vector
+as it is): asked for Male on a woman's vector, her lipstick and makeup go.
+`--edit NAME` writes a row per
 seed with NAME's input set to each `--strength` value (default `0,1`: off, on;
 values in [0, 1]). Unconditional models edit along latent directions fitted
 by `--fit-directions` with an attribute classifier (InterFaceGAN; saved in

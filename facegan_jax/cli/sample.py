@@ -24,14 +24,14 @@ older `--attributes A,B` switches A and B on, also on top of the real vector
 (it used to start from an all-zero vector). What the real vector holds against
 the request is resolved (`--consistent-requests 0.02`, the default; 0: the vector
 as it is): asked for Male on a woman's vector, her lipstick and makeup go.
-`--edit NAME` writes a row per
-seed with NAME's input set to each `--strength` value (default `0,1`: off, on;
-values in [0, 1]). Unconditional models edit along latent directions fitted
-by `--fit-directions` with an attribute classifier (InterFaceGAN; saved in
-`<workdir>/directions.npz`, see facegan_jax/editing.py); `--strength` is then
-the distance walked along the unit direction (default `-3:3:7`). With a
-classifier (`--classifier`, or the one the directions were fitted with), an
-edit prints how the attribute's probability moves along the row.
+`--edit NAME` writes a row per seed with NAME's input set to each `--strength`
+value (default `0,1`: off, on; values in [0, 1]). Unconditional models edit
+along latent directions fitted by `--fit-directions` with an attribute
+classifier (InterFaceGAN; saved in `<workdir>/directions.npz`, see
+facegan_jax/editing.py); `--strength` is then the distance walked along the
+unit direction (default `-3:3:7`). With a classifier (`--classifier`, or the
+one the directions were fitted with), an edit prints how the attribute's
+probability moves along the row.
 
 Exit status: 0 done; 2 bad input (one line on stderr, nothing written).
 """

@@ -115,3 +115,13 @@ def conflicts(table: Any, rate: float, attrs: Any, forced: Any) -> Any:
     p_requested = jnp.where(on[:, None, :], p_on, 1.0 - p_on)
     contradicted = jnp.any(forced[:, :, None] & (p_requested < rate), axis=1)  # [B, B']
     return contradicted & ~forced
+
+
+def resolve_conflicts(table: Any, rate: float, attrs: Any, forced: Any) -> Any:
+    """`attrs` with each entry that `conflicts` names set to its likely value (a jax array).
+
+    The one definition of a consistent request: training's `train.consistent_requests`,
+    the control metric's `consistent` and the sample command's requests all use it.
+    """
+    attrs = jnp.asarray(attrs)
+    return jnp.where(conflicts(table, rate, attrs, forced), 1.0 - attrs, attrs)

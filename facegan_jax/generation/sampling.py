@@ -259,8 +259,7 @@ def consistent_attributes(
     forced = np.zeros(out.shape, bool)
     forced[:, asked] = True
     table = celeba_attributes.conflict_table(np.asarray(pool))
-    skip = np.asarray(celeba_attributes.conflicts(table, rate, out, forced))
-    return np.where(skip, 1.0 - out, out).astype(np.float32)
+    return np.asarray(celeba_attributes.resolve_conflicts(table, rate, out, forced), np.float32)
 
 
 # ----------------------------------------------------------------------------- generators

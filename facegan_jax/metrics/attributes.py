@@ -853,8 +853,8 @@ def attribute_control(
         if table is not None:
             forced = np.zeros(vectors.shape, bool)
             forced[:, j] = True
-            skip = np.asarray(celeba_attributes.conflicts(table, consistent, vectors, forced))
-            vectors = np.where(skip, 1.0 - vectors, vectors).astype(np.float32)
+            resolved = celeba_attributes.resolve_conflicts(table, consistent, vectors, forced)
+            vectors = np.asarray(resolved, np.float32)
         indices = np.concatenate([latents, latents])  # [2n]
         outputs = [
             classifier.logits_and_features(

@@ -400,10 +400,7 @@ def validate_schedule(config: Any) -> None:
     if config.loss.get("guide_classifier"):
         from facegan_jax.metrics import attributes
 
-        folders = guide_folders(config)
-        if not folders:
-            attributes.check_folder("", "config.loss.guide_classifier")
-        for folder in folders:
+        for folder in guide_folders(config) or ("",):  # "" (only commas): not a folder
             attributes.check_folder(folder, "config.loss.guide_classifier")
 
 
@@ -629,17 +626,17 @@ def sample_inputs(
         )
         if spec.consistent_rate > 0:
             # The request a user would write: what contradicts the forced value goes.
-            table = jnp.asarray(spec.conflict_table)
-            resolve = celeba_attributes.conflicts(table, spec.consistent_rate, attrs, forced)
-            attrs = jnp.where(resolve, 1.0 - attrs, attrs)
+            table = spec.conflict_table
+            attrs = celeba_attributes.resolve_conflicts(table, spec.consistent_rate, attrs, forced)
         if spec.forced_weight != 1.0:
             # The attribute a request forces weighs `forced_weight` in G's attribute
             # terms: it wins over the real vector's correlated attributes.
             weights = jnp.where(forced, spec.forced_weight, 1.0)  # [B, 40]
         if spec.conflict_rate > 0:
             # Entries the data never shows with the forced value pull nothing back.
-            table = jnp.asarray(spec.conflict_table)
-            skip = celeba_attributes.conflicts(table, spec.conflict_rate, attrs, forced)  # [B, 40]
+            skip = celeba_attributes.conflicts(
+                spec.conflict_table, spec.conflict_rate, attrs, forced
+            )
             weights = jnp.where(skip, 0.0, 1.0 if weights is None else weights)
         if spec.guide_forced_only:
             # Guidance only on the attribute each request forces: the rest of the

@@ -175,9 +175,6 @@ def conv_transpose_2x_s2d(x: Array, kernel: Array, precision: Any = None) -> Arr
 Formulation = Callable[[Array, Array, Any], Array]
 
 
-WeightGrad = Callable[[Array, Array, Any], Array]  # (x, output gradient, precision) -> dkernel
-
-
 def linear_vjp(fwd: Formulation, grads: Callable[..., tuple[Array, Array]]) -> Formulation:
     """`fwd(x, kernel, precision)` whose VJP is `grads(ct, x, kernel, precision) -> (dx, dk)`."""
 
@@ -196,40 +193,12 @@ def linear_vjp(fwd: Formulation, grads: Callable[..., tuple[Array, Array]]) -> F
     return apply
 
 
-def _mixed_vjp(
-    fwd: Formulation, dgrad: Formulation, wgrad: Formulation | WeightGrad, direct: bool = False
-) -> Formulation:
-    """One linear map whose forward, input-gradient and weight-gradient each use the formulation
-    that XLA:CPU runs fastest; all three formulations compute the same function.
-
-    With `direct`, `wgrad` is the weight gradient itself (`(x, ct, precision) -> dkernel`),
-    not a formulation to differentiate.
-    """
-
-    def grads(ct, x, kernel, precision):
-        # Each formulation is linear in x and in kernel, so its VJP needs no forward pass.
-        dx = jax.vjp(lambda x_: dgrad(x_, kernel, precision), x)[1](ct)[0]
-        if direct:
-            return dx, wgrad(x, ct, precision).astype(kernel.dtype)
-        dkernel = jax.vjp(lambda k_: wgrad(x, k_, precision), kernel)[1](ct)[0]
-        return dx, dkernel
-
-    return linear_vjp(fwd, grads)
-
-
 _SMALL_COUT = 16
 _TRANSPOSED_FORWARD: dict[str, Formulation] = {
     "phases": conv_transpose_2x_phases,
     "lax": conv_transpose_2x_lax,
     "s2d": conv_transpose_2x_s2d,
 }
-# Each forward formulation with the transposed conv's fast input gradient (the plain
-# strided convolution) and its weight gradient as a strided convolution's.
-_TRANSPOSED = {
-    name: _mixed_vjp(fwd, conv_transpose_2x_lax, conv_transpose_2x_wgrad, direct=True)
-    for name, fwd in _TRANSPOSED_FORWARD.items()
-}
-_conv_stride2 = _mixed_vjp(conv_stride2_lax, conv_stride2_s2d, conv_stride2_lax)
 ISA_ENV = "FACEGAN_CONV_ISA"
 
 
@@ -288,10 +257,8 @@ def conv_transpose_2x(x: Array, kernel: Array, precision: Any = None) -> Array:
       ``[B, 2H, 2W, Cout]``.
     """
     forward = _forward_here(x.shape[1], kernel.shape[-1])
-    if _onednn_here():
-        parts = onednn_parts("transpose", x.shape[1], kernel.shape[-1])
-        return hybrid("transpose", forward, parts)(x, kernel, precision)
-    return _TRANSPOSED[forward](x, kernel, precision)
+    parts = onednn_parts("transpose", x.shape[1], kernel.shape[-1]) if _onednn_here() else NONE
+    return hybrid("transpose", forward, parts)(x, kernel, precision)
 
 
 def onednn_parts(layer: str, height: int, cout: int) -> frozenset[str]:
@@ -315,7 +282,11 @@ def onednn_parts(layer: str, height: int, cout: int) -> frozenset[str]:
 
 
 def _xla_parts(layer: str, forward: str) -> dict[str, Callable[..., Array]]:
-    """The pure-XLA parts of a fast layer as direct functions (see `onednn.stride2_parts`)."""
+    """The XLA parts of a fast layer, each the formulation XLA:CPU runs fastest (all compute
+    the same linear map; each is linear in x and in the kernel, so the gradients need no
+    forward pass): the transposed conv's `forward` formulation, its input gradient as the
+    plain strided convolution's VJP and its weight gradient as a strided convolution; the
+    strided conv's lax forward and weight gradient and its space-to-depth input gradient."""
     if layer == "transpose":
         fwd = _TRANSPOSED_FORWARD[forward]
         return {
@@ -332,14 +303,19 @@ def _xla_parts(layer: str, forward: str) -> dict[str, Callable[..., Array]]:
     }
 
 
+NONE: frozenset[str] = frozenset()  # `hybrid` with no part on oneDNN: the pure-XLA layer
+
+
 @functools.cache
-def hybrid(layer: str, forward: str, on_onednn: frozenset[str]) -> Formulation:
+def hybrid(layer: str, forward: str, on_onednn: frozenset[str] = NONE) -> Formulation:
     """A fast layer ('transpose' or 'stride2'; XLA forward formulation `forward`) whose parts
     in `on_onednn` run on oneDNN and the others on XLA: ``f(x, kernel, precision)``."""
-    from facegan_jax.models import onednn
-
-    dnnl = onednn.transpose_parts() if layer == "transpose" else onednn.stride2_parts()
     xla = _xla_parts(layer, forward)
+    dnnl: dict[str, Callable[..., Array]] = {}
+    if on_onednn:
+        from facegan_jax.models import onednn
+
+        dnnl = onednn.transpose_parts() if layer == "transpose" else onednn.stride2_parts()
 
     def part(name: str) -> Callable[..., Array]:
         if name in on_onednn:
@@ -396,10 +372,8 @@ def conv_stride2(x: Array, kernel: Array, precision: Any = None) -> Array:
     H, W = x.shape[1:3]
     if H % 2 or W % 2:
         raise ValueError(f"fast_conv.conv_stride2: spatial size must be even, got {H}x{W}")
-    if _onednn_here():
-        parts = onednn_parts("stride2", H, kernel.shape[-1])
-        return hybrid("stride2", "lax", parts)(x, kernel, precision)
-    return _conv_stride2(x, kernel, precision)
+    parts = onednn_parts("stride2", H, kernel.shape[-1]) if _onednn_here() else NONE
+    return hybrid("stride2", "lax", parts)(x, kernel, precision)
 
 
 class _FastConvBase(nn.Module):

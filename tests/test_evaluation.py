@@ -11,7 +11,7 @@ import pytest
 from configs import acgan64, default
 from facegan_jax import workdir as workdir_lib
 from facegan_jax.cli import evaluate as evaluate_cli
-from facegan_jax.metrics import evaluation
+from facegan_jax.metrics import attributes, evaluation
 from facegan_jax.training import components, train
 
 
@@ -49,7 +49,7 @@ def test_training_with_attribute_metrics_but_no_classifier_is_a_config_error(tmp
 
 
 def test_attribute_hook_reports_fd_attr_and_control_per_reliable_attribute(
-    acgan_workdir, saved_folder, synth_classifier
+    acgan_workdir, saved_folder, synth_classifier, monkeypatch
 ):
     config = components.read_run_config(str(acgan_workdir))
     config.attr_eval.every_steps = 3
@@ -74,7 +74,15 @@ def test_attribute_hook_reports_fd_attr_and_control_per_reliable_attribute(
     # attr_eval.consistent_requests: control on consistent requests too, as evaluate gives it.
     config.attr_eval.consistent_requests = 0.02
     hook = evaluation.make_attribute_hook(config, run.generator, pool, str(acgan_workdir))
+    rates, control = [], attributes.attribute_control
+
+    def spy(*args, **kwargs):
+        rates.append(kwargs.get("consistent", 0.0))
+        return control(*args, **kwargs)
+
+    monkeypatch.setattr(attributes, "attribute_control", spy)
     both = hook(run.create_state())
+    assert rates == [0.0, 0.02]  # as defined, then on consistent requests at that rate
     assert both["eval/attr_control"] == scalars["eval/attr_control"]
     consistent = {
         k.split("/")[-1]: v

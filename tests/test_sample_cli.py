@@ -13,7 +13,7 @@ from PIL import Image
 from configs import acgan64
 from facegan_jax import workdir as workdir_lib
 from facegan_jax.cli import sample
-from facegan_jax.data.celeba_attributes import NUM_ATTRIBUTES, attribute_index
+from facegan_jax.data.celeba_attributes import CELEBA_ATTRIBUTES, NUM_ATTRIBUTES, attribute_index
 from facegan_jax.generation import editing, sampling
 from facegan_jax.metrics import attributes
 from facegan_jax.training import components
@@ -153,16 +153,39 @@ def test_attrs_apply_on_top_of_pool_vectors_and_edit_changes_only_that_input(
     rc, _, _ = _run(capsys, *seeds_flags, *attrs_flags)
     assert rc == 0
     # What contradicts the asked values in the pool vectors is resolved (the default).
-    expected_vectors = sampling.consistent_attributes(
-        sampling.apply_attribute_values(pool_vectors, {SMILING: 1.0, EYEGLASSES: 0.0}),
-        (SMILING, EYEGLASSES),
-        generate.pool,
-    )
+    asked = sampling.apply_attribute_values(pool_vectors, {SMILING: 1.0, EYEGLASSES: 0.0})
+    expected_vectors = sampling.consistent_attributes(asked, (SMILING, EYEGLASSES), generate.pool)
     expected = sampling.to_uint8(
         sampling.generate_latents_in_batches(generate, variables, z, 3, expected_vectors)
     )
     for i in seeds:
         np.testing.assert_array_equal(_png(tmp_path / "attrs" / f"seed_{i:05d}.png"), expected[i])
+
+    # Consistent requests (the default) do resolve: an attribute whose request contradicts
+    # these seeds' pool vectors gets the resolved vectors; --consistent-requests 0 the raw ones.
+    def vectors(index, rate):
+        raw = sampling.apply_attribute_values(pool_vectors, {index: 1.0})
+        return raw, sampling.consistent_attributes(raw, [index], generate.pool, rate)
+
+    index = next(a for a in range(NUM_ATTRIBUTES) if (np.not_equal(*vectors(a, 0.02))).any())
+    raw, resolved = vectors(index, 0.02)
+    for rate, want in ((None, resolved), (0, raw)):
+        flags = ["--attrs", f"{CELEBA_ATTRIBUTES[index]}=1", "--out-dir", tmp_path / f"c{rate}"]
+        flags += [] if rate is None else ["--consistent-requests", str(rate)]
+        rc, _, _ = _run(capsys, *seeds_flags, *flags)
+        images = sampling.to_uint8(
+            sampling.generate_latents_in_batches(generate, variables, z, 3, want)
+        )
+        assert rc == 0
+        for i in seeds:
+            np.testing.assert_array_equal(
+                _png(tmp_path / f"c{rate}" / f"seed_{i:05d}.png"), images[i]
+            )
+    seed = int(np.nonzero((raw != resolved).any(axis=1))[0][0])
+    assert not np.array_equal(
+        _png(tmp_path / "cNone" / f"seed_{seed:05d}.png"),
+        _png(tmp_path / "c0" / f"seed_{seed:05d}.png"),
+    )
     # The older --attributes A,B means A=1,B=1, also on top of the pool vectors.
     rc, _, _ = _run(capsys, *seeds_flags, "--attributes", "Smiling", "--out-dir", tmp_path / "old")
     on = sampling.to_uint8(
@@ -334,6 +357,31 @@ def test_attribute_grid_rows_are_each_attribute_off_then_on_columns_the_seeds(
     # The grid: 4 rows (Smiling off, on, Eyeglasses off, on) of 3 columns.
     grid = _png(tmp_path / "grid.png")
     assert grid.shape[0] > grid.shape[1]  # 4 rows of 3
+
+    # A row whose requests contradict these seeds' pool vectors draws the resolved ones.
+    def row(index, value):
+        raw = pool_vectors.copy()
+        raw[:, index] = value
+        return raw, sampling.consistent_attributes(raw, [index], generate.pool)
+
+    index = next(
+        a for a in range(NUM_ATTRIBUTES) if any(np.not_equal(*row(a, v)).any() for v in (0, 1))
+    )
+    name = CELEBA_ATTRIBUTES[index]
+    flags = ["--attribute-grid", name, "--out-dir", tmp_path / "grid2"]
+    assert _run(capsys, "--workdir", ac_workdir, "--seeds", "0-2", *flags)[0] == 0
+    differs = False
+    for value, label in ((0.0, "off"), (1.0, "on")):
+        raw, resolved = row(index, value)
+        images = [
+            sampling.to_uint8(sampling.generate_latents_in_batches(generate, variables, z, 3, v))
+            for v in (resolved, raw)
+        ]
+        for i in seeds:
+            got = _png(tmp_path / "grid2" / f"{name}_{label}_seed_{i:05d}.png")
+            np.testing.assert_array_equal(got, images[0][i])
+            differs |= not np.array_equal(got, images[1][i])
+    assert differs  # the raw pool vectors would have drawn another image
     rc, _, err = _run(
         capsys, "--workdir", dc_workdir, "--attribute-grid", "Smiling", "--out", tmp_path / "x.png"
     )

@@ -137,6 +137,8 @@ def train(
     log_every: int = 0,
     adversarial_eps: float = 0.0,
     init_from: str | None = None,
+    shift: int = 0,
+    weight_decay: float = 0.0,
 ) -> Any:
     """Loads the data, trains and calibrates a classifier (nothing is saved).
 
@@ -160,6 +162,8 @@ def train(
         `attributes.TrainConfig`): a robust classifier for classifier guidance.
       init_from: a classifier folder to fine-tune (its widths and feature size
         unless given); None trains from scratch.
+      shift: random-translation augmentation in pixels (0: flips only).
+      weight_decay: AdamW's decoupled weight decay (0: Adam).
 
     Returns:
       The calibrated `attributes.Classifier`.
@@ -242,6 +246,8 @@ def train(
         seed=seed,
         data_name=data,
         adversarial_eps=adversarial_eps,
+        shift=shift,
+        weight_decay=weight_decay,
     )
     batches = attributes.iterate_batches(train_images, train_labels, batch_size, seed=seed)
     classifier = attributes.train_classifier(
@@ -293,6 +299,15 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         help="L2 radius of adversarial training in [-1, 1] units (0: off): a robust guide",
     )
     parser.add_argument(
+        "--shift",
+        type=int,
+        default=0,
+        help="random-translation augmentation, pixels each way (0: flips only)",
+    )
+    parser.add_argument(
+        "--weight-decay", type=float, default=0.0, help="AdamW's decoupled weight decay (0: Adam)"
+    )
+    parser.add_argument(
         "--init-from",
         default=None,
         help="classifier folder to fine-tune (its widths and feature size) instead of from scratch",
@@ -317,6 +332,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     if not args.adversarial_eps >= 0:
         raise errors.UsageError(f"--adversarial-eps={args.adversarial_eps} must be >= 0")
+    if args.shift < 0 or not args.weight_decay >= 0:
+        raise errors.UsageError(
+            f"--shift={args.shift} and --weight-decay={args.weight_decay} must be >= 0"
+        )
     if args.steps < 1 or args.batch_size < 1:
         raise errors.UsageError(
             f"--steps={args.steps} and --batch-size={args.batch_size} must be >= 1"
@@ -343,6 +362,8 @@ def _run(args: argparse.Namespace) -> int:
         val_split=args.val_split,
         adversarial_eps=args.adversarial_eps,
         init_from=args.init_from,
+        shift=args.shift,
+        weight_decay=args.weight_decay,
     )
     from facegan_jax.metrics import attributes
 

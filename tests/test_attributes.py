@@ -365,3 +365,70 @@ def test_cli_robust_flags_bad_input_is_one_line_and_exit_2(tmp_path, capsys, sav
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--widths=8,8,8 differs from" in err and "16,32,64" in err
     assert not (tmp_path / "x").exists()
+
+
+def test_random_shift_translates_each_image_by_its_own_offset_with_edge_padding():
+    import jax
+
+    rng = np.random.default_rng(1)
+    images = rng.uniform(-1, 1, (6, 10, 12, 3)).astype(np.float32)
+    key = jax.random.PRNGKey(3)
+    assert attributes.random_shift(images, key, 0) is images  # off: untouched
+    shifted = np.asarray(attributes.random_shift(images, key, 2))
+    padded = np.pad(images, ((0, 0), (2, 2), (2, 2), (0, 0)), mode="edge")
+    offsets = []
+    for i in range(6):
+        # Exactly one window of the edge-padded image is this output.
+        hits = [
+            (dy, dx)
+            for dy in range(5)
+            for dx in range(5)
+            if np.array_equal(padded[i, dy : dy + 10, dx : dx + 12], shifted[i])
+        ]
+        assert len(hits) >= 1
+        offsets.append(hits[0])
+    assert len(set(offsets)) > 1  # per-image offsets, not one for the batch
+
+
+def test_shift_and_weight_decay_train_and_are_recorded(bank):
+    images, labels = bank[0][:32], bank[1][:32]
+    common = dict(image_size=32, steps=2, learning_rate=1e-3, widths=(8, 8, 8), feature_dim=16)
+    runs = {}
+    for name, extra in {
+        "plain": {},
+        "shift": {"shift": 3},
+        "decay": {"weight_decay": 0.5},
+    }.items():
+        runs[name] = attributes.train_classifier(
+            attributes.TrainConfig(**common, **extra),
+            _symmetric_batches(images, labels),
+            {"image": images, "attributes": labels},
+        )
+    assert runs["shift"].info["shift"] == 3 and runs["decay"].info["weight_decay"] == 0.5
+    assert runs["plain"].info["shift"] == 0 and runs["plain"].info["weight_decay"] == 0.0
+
+    def flat(c):
+        import jax
+
+        return np.concatenate([np.ravel(a) for a in jax.tree.leaves(c.params)])
+
+    # Each option changes what is learned (shifted batches; AdamW's decay of the weights).
+    assert not np.allclose(flat(runs["shift"]), flat(runs["plain"]))
+    assert np.abs(flat(runs["decay"])).sum() < np.abs(flat(runs["plain"])).sum()
+    with pytest.raises(ValueError, match="shift=-1"):
+        attributes.train_classifier(
+            attributes.TrainConfig(**common, shift=-1),
+            _symmetric_batches(images, labels),
+            {"image": images, "attributes": labels},
+        )
+
+
+def test_cli_augmentation_flags_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
+    out = f"--out={tmp_path / 'x'}"
+    assert cli.main(["--data=synthetic_faces", "--shift=-2", out]) == 2
+    assert capsys.readouterr().err == (
+        "train_attribute_classifier: error: --shift=-2 and --weight-decay=0.0 must be >= 0\n"
+    )
+    assert cli.main(["--data=synthetic_faces", "--weight-decay=-1", out]) == 2
+    assert "--weight-decay=-1.0 must be >= 0" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()

@@ -616,6 +616,9 @@ class TrainConfig:
         with one step): a robust classifier, whose input gradients look like the
         attribute (Santurkar et al. 2019), for classifier guidance. Doubles the
         step cost. 2.0 is CIFAR's usual L2 0.5 in [0, 1] units at 64x64.
+      shift: random translation augmentation, at most this many pixels in each
+        direction (edge-padded); 0: off (flips only).
+      weight_decay: decoupled weight decay (AdamW) of every parameter; 0: Adam.
     """
 
     image_size: int = 64
@@ -627,6 +630,28 @@ class TrainConfig:
     seed: int = 0
     data_name: str = ""
     adversarial_eps: float = 0.0
+    shift: int = 0
+    weight_decay: float = 0.0
+
+
+def random_shift(images: jax.Array, key: jax.Array, shift: int) -> jax.Array:
+    """Each image translated by its own random offset in [-shift, shift]^2 (edge-padded).
+
+    Args:
+      images: float [B, H, W, C].
+      key: PRNG key.
+      shift: largest offset in pixels (0: `images` unchanged).
+
+    Returns:
+      float [B, H, W, C].
+    """
+    if shift <= 0:
+        return images
+    b, h, w, c = images.shape
+    padded = jnp.pad(images, ((0, 0), (shift, shift), (shift, shift), (0, 0)), mode="edge")
+    offsets = jax.random.randint(key, (b, 2), 0, 2 * shift + 1)
+    crop = lambda im, o: jax.lax.dynamic_slice(im, (o[0], o[1], 0), (h, w, c))  # noqa: E731
+    return jax.vmap(crop)(padded, offsets)
 
 
 def adversarial_images(images: jax.Array, input_grads: jax.Array, eps: float) -> jax.Array:
@@ -637,7 +662,10 @@ def adversarial_images(images: jax.Array, input_grads: jax.Array, eps: float) ->
 
 
 def _make_train_step(
-    net: AttributeNet, tx: optax.GradientTransformation, adversarial_eps: float = 0.0
+    net: AttributeNet,
+    tx: optax.GradientTransformation,
+    adversarial_eps: float = 0.0,
+    shift: int = 0,
 ) -> Callable:
     def loss_fn(params, images, labels, pos_weight):
         logits, _ = net.apply({"params": params}, images)  # [B, 40]
@@ -649,8 +677,12 @@ def _make_train_step(
 
     @functools.partial(jax.jit, donate_argnums=(0, 1))
     def step(params, opt_state, images, labels, key, pos_weight):
-        flip = jax.random.bernoulli(key, 0.5, (images.shape[0], 1, 1, 1))
+        # Without shifts the flips use `key` itself: classifiers trained before
+        # shifts existed come out the same.
+        flip_key, shift_key = jax.random.split(key) if shift > 0 else (key, key)
+        flip = jax.random.bernoulli(flip_key, 0.5, (images.shape[0], 1, 1, 1))
         images = jnp.where(flip, images[:, :, ::-1], images)  # random horizontal flips
+        images = random_shift(images, shift_key, shift)
         if adversarial_eps > 0:
             # One pass gives the clean loss's gradients for the parameters and the
             # images; the second trains on the images moved up the loss.
@@ -721,9 +753,14 @@ def train_classifier(
     schedule = optax.warmup_cosine_decay_schedule(
         0.0, cfg.learning_rate, warmup, max(cfg.steps, warmup + 1), cfg.learning_rate * 0.01
     )
-    tx = optax.adam(schedule)
+    if cfg.shift < 0 or not cfg.weight_decay >= 0:
+        raise ValueError(f"shift={cfg.shift} and weight_decay={cfg.weight_decay} must be >= 0")
+    if cfg.weight_decay > 0:
+        tx = optax.adamw(schedule, weight_decay=cfg.weight_decay)
+    else:
+        tx = optax.adam(schedule)
     opt_state = tx.init(params)
-    step_fn = _make_train_step(net, tx, cfg.adversarial_eps)
+    step_fn = _make_train_step(net, tx, cfg.adversarial_eps, cfg.shift)
     weight = (
         jnp.ones(NUM_ATTRIBUTES) if pos_weight is None else jnp.asarray(pos_weight, jnp.float32)
     )
@@ -769,6 +806,8 @@ def train_classifier(
             "seed": cfg.seed,
             "pos_weighted": pos_weight is not None,
             "adversarial_eps": cfg.adversarial_eps,
+            "shift": cfg.shift,
+            "weight_decay": cfg.weight_decay,
             **dict(info or {}),
         },
     )

@@ -157,6 +157,34 @@ def test_onednn_problems_are_one_line_errors(monkeypatch):
         onednn.library.cache_clear()
 
 
+@pytest.mark.parametrize(
+    "kernel, stride, pad, relu",
+    [((3, 3), 2, (0, 0), True), ((1, 7), 1, (0, 3), True), ((1, 1), 1, (0, 0), False)],
+)
+def test_fused_inference_conv_equals_conv_plus_bias_then_relu(kernel, stride, pad, relu):
+    from jax import lax
+
+    keys = jax.random.split(jax.random.PRNGKey(7), 3)
+    x = jax.random.normal(keys[0], (2, 13, 11, 24))
+    w = jax.random.normal(keys[1], (*kernel, 24, 40)) * 0.2
+    b = jax.random.normal(keys[2], (40,))
+    conv = lax.conv_general_dilated(
+        x,
+        w,
+        (stride, stride),
+        ((pad[0], pad[0]), (pad[1], pad[1])),
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        precision="highest",
+    )
+    expected = jax.nn.relu(conv + b) if relu else conv + b
+    got = jax.jit(lambda *a: onednn.conv_bias_relu(*a, stride, pad, relu))(x, w, b)
+    assert got.shape == expected.shape
+    assert _rel(got, expected) < 1e-6
+    # It is the fused call that ran: without the ReLU, negatives survive.
+    assert (np.asarray(got) < 0).any() == (not relu)
+    assert _rel(got, conv) > 0.05  # and the bias was added
+
+
 def test_fid_features_through_onednn_match_pytorch_fid(
     inception_params, inception_expected, monkeypatch
 ):

@@ -83,8 +83,8 @@ def _conv(
     # every layer runs at 100-170 GFLOP/s on 2 AVX2 cores, while an im2col patch matrix
     # times the kernel (used here before) ran Conv2d_4a at 46 GFLOP/s: 12.5 vs 9.0 img/s
     # for the whole network (`python -m facegan_jax.benchmark --only=fid,fid_layers`).
-    if onednn.active():  # FACEGAN_CONV_BACKEND=onednn: oneDNN's convolution, same function
-        return jax.nn.relu(onednn.conv_forward(x, kernel, strides, padding) + bias)
+    if onednn.active():  # FACEGAN_CONV_BACKEND=onednn: one oneDNN call, bias and ReLU inside
+        return onednn.conv_bias_relu(x, kernel, bias, strides, padding)
     y = lax.conv_general_dilated(
         x,
         kernel,
@@ -200,44 +200,59 @@ class MixedBlock(nn.Module):
     kind: str
     width: int = 0
 
-    def _pointwise(self, x: jax.Array, sizes: Sequence[int]) -> list[jax.Array]:
-        """The merged 1x1 convolutions, returned per member *before* bias and ReLU."""
+    def _pointwise(
+        self, x: jax.Array, sizes: Sequence[int], pooled: bool = False
+    ) -> list[jax.Array]:
+        """The block's 1x1 convolutions of `x`, each member after bias and ReLU.
+
+        With `pooled`, the last member is pytorch-fid's branch_pool: its (linear) conv runs
+        first, then the 3x3 average pool, then bias and ReLU. On XLA the members are one
+        merged product; on oneDNN each member is one call with bias and ReLU inside (no
+        merged output to split, no second pass), the pooled one's bias added before its
+        pool (the average of a constant is the constant).
+        """
         kernel = self.param(
             "pointwise_kernel", nn.initializers.lecun_normal(), (x.shape[-1], sum(sizes))
         )
-        self.param("pointwise_bias", nn.initializers.zeros, (sum(sizes),))
+        bias = self.param("pointwise_bias", nn.initializers.zeros, (sum(sizes),))
+        cuts = np.cumsum(sizes)[:-1].tolist()
+        kernels, biases = jnp.split(kernel, cuts, axis=-1), jnp.split(bias, cuts)
+        last = len(sizes) - 1
+        if onednn.active():
+            return [
+                jax.nn.relu(
+                    _avg_pool_3x3_exclude_pad(
+                        onednn.conv_bias_relu(x, k[None, None], b, 1, 0, False)
+                    )
+                )
+                if pooled and i == last
+                else onednn.conv_bias_relu(x, k[None, None], b, 1, 0)
+                for i, (k, b) in enumerate(zip(kernels, biases))
+            ]
         y = jnp.einsum("bhwc,cd->bhwd", x, kernel, precision=_HIGHEST)  # [B, H, W, sum]
-        return jnp.split(y, np.cumsum(sizes)[:-1].tolist(), axis=-1)
-
-    def _bias_relu(self, parts: list[jax.Array], sizes: Sequence[int]) -> list[jax.Array]:
-        bias = self.get_variable("params", "pointwise_bias")
-        biases = jnp.split(bias, np.cumsum(sizes)[:-1].tolist())
+        parts = jnp.split(y, cuts, axis=-1)
+        if pooled:
+            parts[last] = _avg_pool_3x3_exclude_pad(parts[last])  # conv-then-pool: both linear
         return [jax.nn.relu(p + b) for p, b in zip(parts, biases)]
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         k = self.kind
         if k == "A":
-            sizes = (64, 48, 64, self.width)
-            parts = self._pointwise(x, sizes)
-            parts[3] = _avg_pool_3x3_exclude_pad(parts[3])  # conv-then-pool: both linear
-            b1, b5, b3, bp = self._bias_relu(parts, sizes)
+            b1, b5, b3, bp = self._pointwise(x, (64, 48, 64, self.width), pooled=True)
             b5 = FoldedConv(64, (5, 5), padding=(2, 2), name="branch5x5_2")(b5)
             b3 = FoldedConv(96, (3, 3), padding=(1, 1), name="branch3x3dbl_2")(b3)
             b3 = FoldedConv(96, (3, 3), padding=(1, 1), name="branch3x3dbl_3")(b3)
             return jnp.concatenate([b1, b5, b3, bp], axis=-1)
         if k == "B":
             b3 = FoldedConv(384, (3, 3), strides=2, name="branch3x3")(x)
-            (bd,) = self._bias_relu(self._pointwise(x, (64,)), (64,))
+            (bd,) = self._pointwise(x, (64,))
             bd = FoldedConv(96, (3, 3), padding=(1, 1), name="branch3x3dbl_2")(bd)
             bd = FoldedConv(96, (3, 3), strides=2, name="branch3x3dbl_3")(bd)
             return jnp.concatenate([b3, bd, _max_pool_3x3(x, 2, 0)], axis=-1)
         if k == "C":
             c7 = self.width
-            sizes = (192, c7, c7, 192)
-            parts = self._pointwise(x, sizes)
-            parts[3] = _avg_pool_3x3_exclude_pad(parts[3])
-            b1, b7, bd, bp = self._bias_relu(parts, sizes)
+            b1, b7, bd, bp = self._pointwise(x, (192, c7, c7, 192), pooled=True)
             b7 = FoldedConv(c7, (1, 7), padding=(0, 3), name="branch7x7_2")(b7)
             b7 = FoldedConv(192, (7, 1), padding=(3, 0), name="branch7x7_3")(b7)
             bd = FoldedConv(c7, (7, 1), padding=(3, 0), name="branch7x7dbl_2")(bd)
@@ -246,8 +261,7 @@ class MixedBlock(nn.Module):
             bd = FoldedConv(192, (1, 7), padding=(0, 3), name="branch7x7dbl_5")(bd)
             return jnp.concatenate([b1, b7, bd, bp], axis=-1)
         if k == "D":
-            sizes = (192, 192)
-            b3, b7 = self._bias_relu(self._pointwise(x, sizes), sizes)
+            b3, b7 = self._pointwise(x, (192, 192))
             b3 = FoldedConv(320, (3, 3), strides=2, name="branch3x3_2")(b3)
             b7 = FoldedConv(192, (1, 7), padding=(0, 3), name="branch7x7x3_2")(b7)
             b7 = FoldedConv(192, (7, 1), padding=(3, 0), name="branch7x7x3_3")(b7)
@@ -255,10 +269,7 @@ class MixedBlock(nn.Module):
             return jnp.concatenate([b3, b7, _max_pool_3x3(x, 2, 0)], axis=-1)
         if k in ("E1", "E2"):
             sizes = (320, 384, 448, 192) if k == "E1" else (320, 384, 448)
-            parts = self._pointwise(x, sizes)
-            if k == "E1":
-                parts[3] = _avg_pool_3x3_exclude_pad(parts[3])
-            b1, b3, bd, *rest = self._bias_relu(parts, sizes)
+            b1, b3, bd, *rest = self._pointwise(x, sizes, pooled=k == "E1")
             if k == "E1":
                 (bp,) = rest
             else:  # pytorch-fid's E_2 max-pools (a quirk of the TF graph), then convs.

@@ -36,6 +36,7 @@ from facegan_jax import errors
 
 BACKEND_ENV = "FACEGAN_CONV_BACKEND"
 TARGET = "facegan_dnnl_conv"
+INFER_TARGET = "facegan_dnnl_conv_infer"
 SOURCE = pathlib.Path(__file__).with_name("csrc") / "dnnl_conv.cc"
 FORWARD, BACKWARD_DATA, BACKWARD_WEIGHTS = 0, 1, 2
 _registered: list[str] = []
@@ -123,6 +124,9 @@ def library() -> ctypes.CDLL:
         jax.ffi.register_ffi_target(
             TARGET, jax.ffi.pycapsule(handle.FaceganDnnlConv), platform="cpu"
         )
+        jax.ffi.register_ffi_target(
+            INFER_TARGET, jax.ffi.pycapsule(handle.FaceganDnnlConvInfer), platform="cpu"
+        )
         _registered.append(str(out))
     handle.FaceganDnnlVersion.restype = ctypes.c_char_p
     return handle
@@ -173,6 +177,31 @@ def conv_forward(x: jax.Array, w: jax.Array, stride: int, pad: Padding) -> jax.A
     ph, pw = _pads(pad)
     oh, ow = (h + 2 * ph - kh) // stride + 1, (wd + 2 * pw - kw) // stride + 1
     return _call(FORWARD, x, w, (n, oh, ow, o), stride, pad)
+
+
+def conv_bias_relu(
+    x: jax.Array, w: jax.Array, bias: jax.Array, stride: int, pad: Padding, relu: bool = True
+) -> jax.Array:
+    """``relu(conv(x, w) + bias)`` (or without the ReLU) in one oneDNN inference call, float32.
+
+    The bias and ReLU run inside the convolution (a post-op), not as a second pass over its
+    output. Forward only: it has no gradient (the FID network's layers).
+    """
+    library()
+    n, h, wd, _ = x.shape
+    kh, kw, _, o = w.shape
+    ph, pw = _pads(pad)
+    oh, ow = (h + 2 * ph - kh) // stride + 1, (wd + 2 * pw - kw) // stride + 1
+    f32 = jnp.float32
+    return jax.ffi.ffi_call(INFER_TARGET, jax.ShapeDtypeStruct((n, oh, ow, o), f32))(
+        x.astype(f32),
+        w.astype(f32),
+        bias.astype(f32),
+        stride=np.int64(stride),
+        pad_h=np.int64(ph),
+        pad_w=np.int64(pw),
+        relu=np.int64(relu),
+    )
 
 
 def conv_backward_data(

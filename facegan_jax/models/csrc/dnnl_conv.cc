@@ -6,6 +6,9 @@
 //   kind 0 forward:          a = src [N,H,W,I],       b = weights [KH,KW,I,O] -> dst [N,OH,OW,O]
 //   kind 1 backward data:    a = diff_dst [N,OH,OW,O], b = weights [KH,KW,I,O] -> diff_src [N,H,W,I]
 //   kind 2 backward weights: a = src [N,H,W,I],       b = diff_dst [N,OH,OW,O] -> diff_w [KH,KW,I,O]
+// A second handler, `FaceganDnnlConvInfer`, is the inference forward with the bias added and,
+// optionally, the ReLU applied inside the convolution (oneDNN post-op): src [N,H,W,I], weights
+// [KH,KW,I,O], bias [O] -> relu?(conv + bias) [N,OH,OW,O]; float32 only (the FID network).
 // Primitives are created once per shape and cached; weights are reordered to the layout the
 // chosen implementation prefers on every call (they are small); activations stay NHWC.
 #include <cstdint>
@@ -148,7 +151,94 @@ ffi::Error Conv(ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::Result<ffi::AnyBuffer> 
   return ffi::Error::Success();
 }
 
+struct InferPlan {
+  dnnl::primitive prim;
+  dnnl::memory::desc user_w, prim_w, src, dst, bias, scratch;
+  bool reorder_w = false;
+};
+
+std::map<std::string, std::shared_ptr<InferPlan>> infer_cache;
+
+ffi::Error ConvInfer(ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> b, ffi::Buffer<ffi::F32> c,
+                     ffi::Result<ffi::Buffer<ffi::F32>> out, int64_t stride, int64_t pad_h,
+                     int64_t pad_w, int64_t relu) {
+  auto ad = a.dimensions(), bd = b.dimensions(), cd = c.dimensions(), od = out->dimensions();
+  if (ad.size() != 4 || bd.size() != 4 || cd.size() != 1 || od.size() != 4 || cd[0] != bd[3])
+    return ffi::Error::InvalidArgument("expected src [N,H,W,I], weights [KH,KW,I,O], bias [O]");
+  dnnl::memory::dims src_d = {ad[0], ad[3], ad[1], ad[2]}, w_d = {bd[3], bd[2], bd[0], bd[1]},
+                     dst_d = {od[0], od[3], od[1], od[2]}, bias_d = {cd[0]};
+  std::string key = std::to_string(stride) + ":" + std::to_string(pad_h) + ":" +
+                    std::to_string(pad_w) + ":" + std::to_string(relu);
+  for (auto v : src_d) key += "," + std::to_string(v);
+  for (auto v : w_d) key += "," + std::to_string(v);
+  for (auto v : dst_d) key += "," + std::to_string(v);
+  try {
+    auto& eng = Engine();
+    std::shared_ptr<InferPlan> plan;
+    {
+      std::lock_guard<std::mutex> lock(cache_mutex);
+      auto it = infer_cache.find(key);
+      if (it != infer_cache.end()) plan = it->second;
+    }
+    if (!plan) {
+      plan = std::make_shared<InferPlan>();
+      plan->src = dnnl::memory::desc(src_d, dt::f32, tag::nhwc);
+      plan->dst = dnnl::memory::desc(dst_d, dt::f32, tag::nhwc);
+      plan->bias = dnnl::memory::desc(bias_d, dt::f32, tag::a);
+      plan->user_w = dnnl::memory::desc(w_d, dt::f32, tag::hwio);
+      dnnl::memory::desc w_any(w_d, dt::f32, tag::any);
+      dnnl::primitive_attr attr;
+      attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+      if (relu) {
+        dnnl::post_ops ops;
+        ops.append_eltwise(dnnl::algorithm::eltwise_relu, 0.f, 0.f);
+        attr.set_post_ops(ops);
+      }
+      dnnl::memory::dims strides = {stride, stride}, pads = {pad_h, pad_w};
+      auto pd = dnnl::convolution_forward::primitive_desc(
+          eng, dnnl::prop_kind::forward_inference, dnnl::algorithm::convolution_direct,
+          plan->src, w_any, plan->bias, plan->dst, strides, pads, pads, attr);
+      plan->prim = dnnl::convolution_forward(pd);
+      plan->prim_w = pd.weights_desc();
+      plan->scratch = pd.scratchpad_desc();
+      plan->reorder_w = plan->prim_w != plan->user_w;
+      std::lock_guard<std::mutex> lock(cache_mutex);
+      infer_cache.emplace(key, plan);
+    }
+    dnnl::stream strm(eng);
+    std::vector<uint8_t> scratch_buf(plan->scratch.get_size());
+    dnnl::memory scratch(plan->scratch, eng, scratch_buf.data());
+    dnnl::memory src(plan->src, eng, a.typed_data()), dst(plan->dst, eng, out->typed_data());
+    dnnl::memory bias(plan->bias, eng, c.typed_data());
+    dnnl::memory w_user(plan->user_w, eng, b.typed_data()), w_prim = w_user;
+    std::vector<uint8_t> w_buf;
+    if (plan->reorder_w) {
+      w_buf.resize(plan->prim_w.get_size());
+      w_prim = dnnl::memory(plan->prim_w, eng, w_buf.data());
+      dnnl::reorder(w_user, w_prim).execute(strm, w_user, w_prim);
+    }
+    plan->prim.execute(strm, {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, w_prim},
+                              {DNNL_ARG_BIAS, bias}, {DNNL_ARG_DST, dst},
+                              {DNNL_ARG_SCRATCHPAD, scratch}});
+    strm.wait();
+  } catch (const dnnl::error& e) {
+    return ffi::Error::Internal(std::string("oneDNN: ") + e.what());
+  }
+  return ffi::Error::Success();
+}
+
 }  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(FaceganDnnlConvInfer, ConvInfer,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("stride")
+                                  .Attr<int64_t>("pad_h")
+                                  .Attr<int64_t>("pad_w")
+                                  .Attr<int64_t>("relu"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(FaceganDnnlConv, Conv,
                               ffi::Ffi::Bind()

@@ -97,9 +97,23 @@ def _conv(
 
 
 def _max_pool_3x3(x: jax.Array, strides: int, padding: int) -> jax.Array:
-    """3x3 max pool; padded positions never win (they hold -inf), as in torch."""
-    pad = ((0, 0), (padding, padding), (padding, padding), (0, 0))
-    return lax.reduce_window(x, -jnp.inf, lax.max, (1, 3, 3, 1), (1, strides, strides, 1), pad)
+    """3x3 max pool; padded positions never win (they hold -inf), as in torch.
+
+    Separable: the max of three (strided) row slices, then of three column slices. XLA
+    fuses each into one vectorised loop; its `reduce_window` took 8% of the FID network's
+    time on an AVX-512 CPU (the max is exact either way, so the values are the same).
+    """
+    if padding:
+        x = jnp.pad(
+            x, ((0, 0), (padding, padding), (padding, padding), (0, 0)), constant_values=-jnp.inf
+        )
+    _, h, w, _ = x.shape
+    oh, ow = (h - 3) // strides + 1, (w - 3) // strides + 1
+    span_h, span_w = strides * (oh - 1) + 1, strides * (ow - 1) + 1
+    rows = [x[:, a : a + span_h : strides] for a in range(3)]  # each [B, OH, W, C]
+    r = jnp.maximum(jnp.maximum(rows[0], rows[1]), rows[2])
+    cols = [r[:, :, b : b + span_w : strides] for b in range(3)]  # each [B, OH, OW, C]
+    return jnp.maximum(jnp.maximum(cols[0], cols[1]), cols[2])
 
 
 def _avg_pool_3x3_exclude_pad(x: jax.Array) -> jax.Array:

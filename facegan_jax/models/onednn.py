@@ -5,7 +5,8 @@ runs the same layers with oneDNN's. This module owns the optional route to the l
 it compiles `csrc/dnnl_conv.cc` once per machine (g++, the `onednn-devel-cpu-gomp`
 headers and library from PyPI, JAX's FFI headers) into a cache folder, registers it as
 an XLA:CPU custom call, and gives the three directions of a 2D convolution (forward,
-input gradient, weight gradient) as JAX functions. `fast_conv` uses them when the
+input gradient, weight gradient) as JAX functions, plus an inference-only forward with the
+bias and ReLU fused into the call (`conv_bias_relu`, the FID network's layers). `fast_conv` uses them when the
 environment variable `FACEGAN_CONV_BACKEND=onednn` is set; the pure-XLA formulations
 stay the default and the fallback.
 

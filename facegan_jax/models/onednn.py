@@ -6,9 +6,9 @@ it compiles `csrc/dnnl_conv.cc` once per machine (g++, the `onednn-devel-cpu-gom
 headers and library from PyPI, JAX's FFI headers) into a cache folder, registers it as
 an XLA:CPU custom call, and gives the three directions of a 2D convolution (forward,
 input gradient, weight gradient) as JAX functions, plus an inference-only forward with the
-bias and ReLU fused into the call (`conv_bias_relu`, the FID network's layers). `fast_conv` uses them when the
-environment variable `FACEGAN_CONV_BACKEND=onednn` is set; the pure-XLA formulations
-stay the default and the fallback.
+bias and ReLU fused into the call (`conv_bias_relu`, the FID network's layers). `fast_conv`
+and `metrics.inception` use them when the environment variable `FACEGAN_CONV_BACKEND=onednn`
+is set; the pure-XLA formulations stay the default and the fallback.
 
 Install: `pip install 'facegan_jax[onednn]'` (a C++ compiler is needed once).
 

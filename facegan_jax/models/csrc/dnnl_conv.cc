@@ -12,6 +12,7 @@
 // Primitives are created once per shape and cached; weights are reordered to the layout the
 // chosen implementation prefers on every call (they are small); activations stay NHWC.
 #include <cstdint>
+#include <initializer_list>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -35,12 +36,61 @@ dnnl::engine& Engine() {
 struct Plan {
   dnnl::primitive prim;
   dnnl::memory::desc user_w, prim_w;  // HWIO and the implementation's weight layout
-  dnnl::memory::desc src, dst, scratch;
+  dnnl::memory::desc src, dst, scratch, bias;
   bool reorder_w = false;
 };
 
 std::mutex cache_mutex;
 std::map<std::string, std::shared_ptr<Plan>> cache;
+
+// The cache key of a primitive: its tag and integer settings, then the three shapes.
+std::string Key(std::initializer_list<int64_t> head, const dnnl::memory::dims& src_d,
+                const dnnl::memory::dims& w_d, const dnnl::memory::dims& dst_d) {
+  std::string key;
+  for (auto v : head) key += std::to_string(v) + ":";
+  for (const auto* dims : {&src_d, &w_d, &dst_d})
+    for (auto v : *dims) key += "," + std::to_string(v);
+  return key;
+}
+
+// The cached plan of `key`, made (outside the lock) by `make` the first time.
+template <class Make>
+std::shared_ptr<Plan> Cached(const std::string& key, Make make) {
+  {
+    std::lock_guard<std::mutex> lock(cache_mutex);
+    auto it = cache.find(key);
+    if (it != cache.end()) return it->second;
+  }
+  std::shared_ptr<Plan> plan = make();
+  std::lock_guard<std::mutex> lock(cache_mutex);
+  cache.emplace(key, plan);
+  return plan;
+}
+
+// Fills the descriptors every plan has from a primitive descriptor `pd` whose weights are
+// `prim_w` (the weights or their gradient).
+template <class Pd>
+void Describe(Plan& plan, const Pd& pd, const dnnl::memory::desc& prim_w,
+              const dnnl::memory::desc& src, const dnnl::memory::desc& w_user,
+              const dnnl::memory::desc& dst) {
+  plan.src = src;
+  plan.dst = dst;
+  plan.user_w = w_user;
+  plan.prim_w = prim_w;
+  plan.scratch = pd.scratchpad_desc();
+  plan.reorder_w = prim_w != w_user;
+}
+
+// The weights in the layout `plan`'s primitive wants: the user's HWIO memory itself, or a
+// buffer (kept alive by `buf`) that `copy_in` fills with them by a reorder.
+dnnl::memory PrimitiveWeights(const Plan& plan, dnnl::stream& strm, dnnl::memory& w_user,
+                              std::vector<uint8_t>& buf, bool copy_in) {
+  if (!plan.reorder_w) return w_user;
+  buf.resize(plan.prim_w.get_size());
+  dnnl::memory w_prim(plan.prim_w, Engine(), buf.data());
+  if (copy_in) dnnl::reorder(w_user, w_prim).execute(strm, w_user, w_prim);
+  return w_prim;
+}
 
 std::shared_ptr<Plan> MakePlan(int kind, dt type, dnnl::memory::dims src_d, dnnl::memory::dims w_d,
                                dnnl::memory::dims dst_d, int64_t stride, int64_t pad_h,
@@ -55,28 +105,21 @@ std::shared_ptr<Plan> MakePlan(int kind, dt type, dnnl::memory::dims src_d, dnnl
       eng, dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct, src, w_any,
       dst, strides, pads, pads, attr);
   auto plan = std::make_shared<Plan>();
-  plan->user_w = w_user;
-  plan->src = src;
-  plan->dst = dst;
   if (kind == 0) {
     plan->prim = dnnl::convolution_forward(fwd);
-    plan->prim_w = fwd.weights_desc();
-    plan->scratch = fwd.scratchpad_desc();
+    Describe(*plan, fwd, fwd.weights_desc(), src, w_user, dst);
   } else if (kind == 1) {
     auto pd = dnnl::convolution_backward_data::primitive_desc(
         eng, dnnl::algorithm::convolution_direct, src, w_any, dst, strides, pads, pads, fwd, attr);
     plan->prim = dnnl::convolution_backward_data(pd);
-    plan->prim_w = pd.weights_desc();
-    plan->scratch = pd.scratchpad_desc();
+    Describe(*plan, pd, pd.weights_desc(), src, w_user, dst);
   } else {
     auto pd = dnnl::convolution_backward_weights::primitive_desc(
         eng, dnnl::algorithm::convolution_direct, src, w_any, dst, strides, pads, pads, fwd,
         attr);
     plan->prim = dnnl::convolution_backward_weights(pd);
-    plan->prim_w = pd.diff_weights_desc();
-    plan->scratch = pd.scratchpad_desc();
+    Describe(*plan, pd, pd.diff_weights_desc(), src, w_user, dst);
   }
-  plan->reorder_w = plan->prim_w != w_user;
   return plan;
 }
 
@@ -92,30 +135,16 @@ ffi::Error Conv(ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::Result<ffi::AnyBuffer> 
   if (ad.size() != 4 || bd.size() != 4 || od.size() != 4)
     return ffi::Error::InvalidArgument("operands must be rank 4");
   // Logical oneDNN dims: activations {N, C, H, W}, weights {O, I, KH, KW}.
-  dnnl::memory::dims src_d, w_d, dst_d;
   const int64_t* s = kind == 1 ? od.begin() : ad.begin();                       // NHWI
   const int64_t* w = kind == 2 ? od.begin() : bd.begin();                       // KH KW I O
   const int64_t* d = kind == 0 ? od.begin() : (kind == 1 ? ad.begin() : bd.begin());  // NHWO
-  src_d = {s[0], s[3], s[1], s[2]};
-  w_d = {w[3], w[2], w[0], w[1]};
-  dst_d = {d[0], d[3], d[1], d[2]};
-  std::string key = std::to_string(kind) + ":" + std::to_string(static_cast<int>(type)) + ":" + std::to_string(stride) + ":" +
-                    std::to_string(pad_h) + ":" + std::to_string(pad_w);
-  for (auto v : src_d) key += "," + std::to_string(v);
-  for (auto v : w_d) key += "," + std::to_string(v);
-  for (auto v : dst_d) key += "," + std::to_string(v);
-  std::shared_ptr<Plan> plan;
+  dnnl::memory::dims src_d = {s[0], s[3], s[1], s[2]}, w_d = {w[3], w[2], w[0], w[1]},
+                     dst_d = {d[0], d[3], d[1], d[2]};
+  std::string key = Key({kind, static_cast<int64_t>(type), stride, pad_h, pad_w}, src_d, w_d, dst_d);
   try {
-    {
-      std::lock_guard<std::mutex> lock(cache_mutex);
-      auto it = cache.find(key);
-      if (it != cache.end()) plan = it->second;
-    }
-    if (!plan) {
-      plan = MakePlan(static_cast<int>(kind), type, src_d, w_d, dst_d, stride, pad_h, pad_w);
-      std::lock_guard<std::mutex> lock(cache_mutex);
-      cache.emplace(key, plan);
-    }
+    auto plan = Cached(key, [&] {
+      return MakePlan(static_cast<int>(kind), type, src_d, w_d, dst_d, stride, pad_h, pad_w);
+    });
     auto& eng = Engine();
     dnnl::stream strm(eng);
     std::vector<uint8_t> scratch_buf(plan->scratch.get_size());
@@ -126,13 +155,8 @@ ffi::Error Conv(ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::Result<ffi::AnyBuffer> 
     void* w_p = kind == 2 ? out->untyped_data() : b.untyped_data();
     dnnl::memory src(plan->src, eng, src_p), dst(plan->dst, eng, dst_p);
     dnnl::memory w_user(plan->user_w, eng, w_p);
-    dnnl::memory w_prim = w_user;
     std::vector<uint8_t> w_buf;
-    if (plan->reorder_w) {
-      w_buf.resize(plan->prim_w.get_size());
-      w_prim = dnnl::memory(plan->prim_w, eng, w_buf.data());
-      if (kind != 2) dnnl::reorder(w_user, w_prim).execute(strm, w_user, w_prim);
-    }
+    dnnl::memory w_prim = PrimitiveWeights(*plan, strm, w_user, w_buf, kind != 2);
     if (kind == 0) {
       plan->prim.execute(strm, {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, w_prim},
                                 {DNNL_ARG_DST, dst}, {DNNL_ARG_SCRATCHPAD, scratch}});
@@ -151,13 +175,29 @@ ffi::Error Conv(ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::Result<ffi::AnyBuffer> 
   return ffi::Error::Success();
 }
 
-struct InferPlan {
-  dnnl::primitive prim;
-  dnnl::memory::desc user_w, prim_w, src, dst, bias, scratch;
-  bool reorder_w = false;
-};
-
-std::map<std::string, std::shared_ptr<InferPlan>> infer_cache;
+std::shared_ptr<Plan> MakeInferPlan(dnnl::memory::dims src_d, dnnl::memory::dims w_d,
+                                    dnnl::memory::dims dst_d, dnnl::memory::dims bias_d,
+                                    int64_t stride, int64_t pad_h, int64_t pad_w, bool relu) {
+  dnnl::memory::desc src(src_d, dt::f32, tag::nhwc), dst(dst_d, dt::f32, tag::nhwc);
+  dnnl::memory::desc w_any(w_d, dt::f32, tag::any), w_user(w_d, dt::f32, tag::hwio);
+  dnnl::memory::desc bias(bias_d, dt::f32, tag::a);
+  dnnl::memory::dims strides = {stride, stride}, pads = {pad_h, pad_w};
+  dnnl::primitive_attr attr;
+  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+  if (relu) {
+    dnnl::post_ops ops;
+    ops.append_eltwise(dnnl::algorithm::eltwise_relu, 0.f, 0.f);
+    attr.set_post_ops(ops);
+  }
+  auto pd = dnnl::convolution_forward::primitive_desc(
+      Engine(), dnnl::prop_kind::forward_inference, dnnl::algorithm::convolution_direct, src,
+      w_any, bias, dst, strides, pads, pads, attr);
+  auto plan = std::make_shared<Plan>();
+  plan->prim = dnnl::convolution_forward(pd);
+  plan->bias = bias;
+  Describe(*plan, pd, pd.weights_desc(), src, w_user, dst);
+  return plan;
+}
 
 ffi::Error ConvInfer(ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> b, ffi::Buffer<ffi::F32> c,
                      ffi::Result<ffi::Buffer<ffi::F32>> out, int64_t stride, int64_t pad_h,
@@ -167,56 +207,21 @@ ffi::Error ConvInfer(ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> b, ffi::Buff
     return ffi::Error::InvalidArgument("expected src [N,H,W,I], weights [KH,KW,I,O], bias [O]");
   dnnl::memory::dims src_d = {ad[0], ad[3], ad[1], ad[2]}, w_d = {bd[3], bd[2], bd[0], bd[1]},
                      dst_d = {od[0], od[3], od[1], od[2]}, bias_d = {cd[0]};
-  std::string key = std::to_string(stride) + ":" + std::to_string(pad_h) + ":" +
-                    std::to_string(pad_w) + ":" + std::to_string(relu);
-  for (auto v : src_d) key += "," + std::to_string(v);
-  for (auto v : w_d) key += "," + std::to_string(v);
-  for (auto v : dst_d) key += "," + std::to_string(v);
+  // Tag 3 keeps these keys apart from Conv's (kinds 0-2).
+  std::string key = Key({3, stride, pad_h, pad_w, relu}, src_d, w_d, dst_d);
   try {
+    auto plan = Cached(key, [&] {
+      return MakeInferPlan(src_d, w_d, dst_d, bias_d, stride, pad_h, pad_w, relu != 0);
+    });
     auto& eng = Engine();
-    std::shared_ptr<InferPlan> plan;
-    {
-      std::lock_guard<std::mutex> lock(cache_mutex);
-      auto it = infer_cache.find(key);
-      if (it != infer_cache.end()) plan = it->second;
-    }
-    if (!plan) {
-      plan = std::make_shared<InferPlan>();
-      plan->src = dnnl::memory::desc(src_d, dt::f32, tag::nhwc);
-      plan->dst = dnnl::memory::desc(dst_d, dt::f32, tag::nhwc);
-      plan->bias = dnnl::memory::desc(bias_d, dt::f32, tag::a);
-      plan->user_w = dnnl::memory::desc(w_d, dt::f32, tag::hwio);
-      dnnl::memory::desc w_any(w_d, dt::f32, tag::any);
-      dnnl::primitive_attr attr;
-      attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
-      if (relu) {
-        dnnl::post_ops ops;
-        ops.append_eltwise(dnnl::algorithm::eltwise_relu, 0.f, 0.f);
-        attr.set_post_ops(ops);
-      }
-      dnnl::memory::dims strides = {stride, stride}, pads = {pad_h, pad_w};
-      auto pd = dnnl::convolution_forward::primitive_desc(
-          eng, dnnl::prop_kind::forward_inference, dnnl::algorithm::convolution_direct,
-          plan->src, w_any, plan->bias, plan->dst, strides, pads, pads, attr);
-      plan->prim = dnnl::convolution_forward(pd);
-      plan->prim_w = pd.weights_desc();
-      plan->scratch = pd.scratchpad_desc();
-      plan->reorder_w = plan->prim_w != plan->user_w;
-      std::lock_guard<std::mutex> lock(cache_mutex);
-      infer_cache.emplace(key, plan);
-    }
     dnnl::stream strm(eng);
     std::vector<uint8_t> scratch_buf(plan->scratch.get_size());
     dnnl::memory scratch(plan->scratch, eng, scratch_buf.data());
     dnnl::memory src(plan->src, eng, a.typed_data()), dst(plan->dst, eng, out->typed_data());
     dnnl::memory bias(plan->bias, eng, c.typed_data());
-    dnnl::memory w_user(plan->user_w, eng, b.typed_data()), w_prim = w_user;
+    dnnl::memory w_user(plan->user_w, eng, b.typed_data());
     std::vector<uint8_t> w_buf;
-    if (plan->reorder_w) {
-      w_buf.resize(plan->prim_w.get_size());
-      w_prim = dnnl::memory(plan->prim_w, eng, w_buf.data());
-      dnnl::reorder(w_user, w_prim).execute(strm, w_user, w_prim);
-    }
+    dnnl::memory w_prim = PrimitiveWeights(*plan, strm, w_user, w_buf, true);
     plan->prim.execute(strm, {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, w_prim},
                               {DNNL_ARG_BIAS, bias}, {DNNL_ARG_DST, dst},
                               {DNNL_ARG_SCRATCHPAD, scratch}});

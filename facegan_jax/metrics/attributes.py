@@ -7,10 +7,11 @@ This module owns:
   LeakyReLU, plus a 3x3 conv at 16x16 and below), the 4x4 map flattened into a
   penultimate feature vector (`feature_dim`, 256 by default) and 40 logits in
   `CELEBA_ATTRIBUTES` order.
-* `train_classifier`: Adam on the per-attribute BCE summed over attributes
-  (optionally positive-weighted for rare attributes), random horizontal flips,
-  then `calibrate` on the validation split: per-attribute decision thresholds
-  that maximise balanced accuracy, and the validation balanced accuracy itself.
+* `train_classifier`: Adam (AdamW with `weight_decay`) on the per-attribute BCE
+  summed over attributes (optionally positive-weighted for rare attributes), random
+  horizontal flips (and random shifts with `shift`), then `calibrate` on the
+  validation split: per-attribute decision thresholds that maximise balanced
+  accuracy, and the validation balanced accuracy itself.
 * `Classifier`: the trained network plus its thresholds; batched, jitted
   `features`, `logits`, `probabilities` and `predict`; `save(folder)` and
   `load(folder)`. A classifier folder holds `classifier.json` (sizes,
@@ -650,7 +651,10 @@ def random_shift(images: jax.Array, key: jax.Array, shift: int) -> jax.Array:
     b, h, w, c = images.shape
     padded = jnp.pad(images, ((0, 0), (shift, shift), (shift, shift), (0, 0)), mode="edge")
     offsets = jax.random.randint(key, (b, 2), 0, 2 * shift + 1)
-    crop = lambda im, o: jax.lax.dynamic_slice(im, (o[0], o[1], 0), (h, w, c))  # noqa: E731
+
+    def crop(image: jax.Array, offset: jax.Array) -> jax.Array:
+        return jax.lax.dynamic_slice(image, (offset[0], offset[1], 0), (h, w, c))
+
     return jax.vmap(crop)(padded, offsets)
 
 
@@ -737,6 +741,8 @@ def train_classifier(
         raise ValueError(f"steps={cfg.steps} must be >= 1")
     if not cfg.adversarial_eps >= 0:
         raise ValueError(f"adversarial_eps={cfg.adversarial_eps} must be >= 0")
+    if cfg.shift < 0 or not cfg.weight_decay >= 0:
+        raise ValueError(f"shift={cfg.shift} and weight_decay={cfg.weight_decay} must be >= 0")
     net = AttributeNet(widths=widths, feature_dim=cfg.feature_dim)
     if init is None:
         params = init_params(widths, cfg.feature_dim, cfg.image_size, cfg.seed)
@@ -753,8 +759,6 @@ def train_classifier(
     schedule = optax.warmup_cosine_decay_schedule(
         0.0, cfg.learning_rate, warmup, max(cfg.steps, warmup + 1), cfg.learning_rate * 0.01
     )
-    if cfg.shift < 0 or not cfg.weight_decay >= 0:
-        raise ValueError(f"shift={cfg.shift} and weight_decay={cfg.weight_decay} must be >= 0")
     if cfg.weight_decay > 0:
         tx = optax.adamw(schedule, weight_decay=cfg.weight_decay)
     else:

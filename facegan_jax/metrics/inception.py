@@ -233,16 +233,14 @@ class MixedBlock(nn.Module):
         kernels, biases = jnp.split(kernel, cuts, axis=-1), jnp.split(bias, cuts)
         last = len(sizes) - 1
         if onednn.active():
-            return [
-                jax.nn.relu(
-                    _avg_pool_3x3_exclude_pad(
-                        onednn.conv_bias_relu(x, k[None, None], b, 1, 0, False)
-                    )
-                )
-                if pooled and i == last
-                else onednn.conv_bias_relu(x, k[None, None], b, 1, 0)
-                for i, (k, b) in enumerate(zip(kernels, biases))
-            ]
+            out = []
+            for i, (k, b) in enumerate(zip(kernels, biases)):
+                if pooled and i == last:  # conv + bias, pool, then ReLU
+                    y = onednn.conv_bias_relu(x, k[None, None], b, 1, 0, relu=False)
+                    out.append(jax.nn.relu(_avg_pool_3x3_exclude_pad(y)))
+                else:
+                    out.append(onednn.conv_bias_relu(x, k[None, None], b, 1, 0))
+            return out
         y = jnp.einsum("bhwc,cd->bhwd", x, kernel, precision=_HIGHEST)  # [B, H, W, sum]
         parts = jnp.split(y, cuts, axis=-1)
         if pooled:

@@ -22,6 +22,7 @@ import sys
 
 from facegan_jax import errors, fileio, models, runtime
 from facegan_jax.cli import args as args_lib
+from facegan_jax.data import celeba_attributes
 from facegan_jax.data.celeba_attributes import attribute_index
 
 
@@ -54,8 +55,10 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     for name in ("num_samples", "n_per_side", "batch_size"):
         if getattr(args, name) < 2:
             parser.error(f"--{name.replace('_', '-')} must be >= 2")
-    if not 0 <= args.consistent_requests < 0.5:
-        parser.error(f"--consistent-requests={args.consistent_requests} must be in [0, 0.5)")
+    try:
+        celeba_attributes.check_rate(args.consistent_requests, "--consistent-requests")
+    except ValueError as e:
+        parser.error(str(e))
     return args
 
 

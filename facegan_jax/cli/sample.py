@@ -49,6 +49,7 @@ import numpy as np
 from facegan_jax import errors, fileio, runtime
 from facegan_jax import workdir as workdir_lib
 from facegan_jax.cli import args as args_lib
+from facegan_jax.data import celeba_attributes
 from facegan_jax.data.celeba_attributes import CELEBA_ATTRIBUTES
 from facegan_jax.generation import editing, sampling
 from facegan_jax.training import components
@@ -215,8 +216,7 @@ def _run(args: argparse.Namespace) -> None:
     values.update(sampling.parse_attribute_values(args.attrs))
     if not np.isfinite(args.truncation):
         raise ValueError(f"--truncation={args.truncation} must be a finite number")
-    if not 0 <= args.consistent_requests < 0.5:
-        raise ValueError(f"--consistent-requests={args.consistent_requests} must be in [0, 0.5)")
+    celeba_attributes.check_rate(args.consistent_requests, "--consistent-requests")
     keys = sampling.parse_seeds(args.interpolate, "--interpolate") if args.interpolate else None
     if keys is not None:
         sampling.interpolation_schedule(len(keys), args.frames)

@@ -117,6 +117,20 @@ def conflicts(table: Any, rate: float, attrs: Any, forced: Any) -> Any:
     return contradicted & ~forced
 
 
+def check_rate(rate: float, name: str) -> None:
+    """Raises ValueError unless `rate` (the field or flag `name`) is a conflict rate: [0, 0.5).
+
+    The one check of every setting that takes a rate for `conflicts` (training's
+    `forced_conflicts` / `consistent_requests`, the control metric's and the sample
+    command's consistent requests).
+    """
+    if not 0 <= rate < 0.5:
+        raise ValueError(
+            f"{name}={rate} must be in [0, 0.5) (a probability below which a request's entry "
+            "contradicts the asked attribute; 0: off)"
+        )
+
+
 def resolve_conflicts(table: Any, rate: float, attrs: Any, forced: Any) -> Any:
     """`attrs` with each entry that `conflicts` names set to its likely value (a jax array).
 

@@ -29,6 +29,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from facegan_jax import fileio
 from facegan_jax import workdir as workdir_lib
+from facegan_jax.data import celeba_attributes
 from facegan_jax.metrics import fid, inception_weights
 from facegan_jax.metrics.attributes import as_rgb
 
@@ -536,10 +537,7 @@ def make_attribute_hook(
     # batch), not `sample`'s bit-reproducible batch-1 path, which serialises a GPU.
     generate = sampling.make_batched_generate_fn(generator, config, seed=config.seed, pool=pool)
     consistent = float(config.attr_eval.get("consistent_requests", 0.0))
-    if not 0 <= consistent < 0.5:
-        raise ValueError(
-            f"config.attr_eval.consistent_requests={consistent} must be in [0, 0.5) (0: off)"
-        )
+    celeba_attributes.check_rate(consistent, "config.attr_eval.consistent_requests")
 
     def hook(state: Any) -> dict[str, float]:
         variables = {"params": state.ema_params, **state.ema_vars}

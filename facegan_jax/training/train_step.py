@@ -361,11 +361,7 @@ def validate_schedule(config: Any) -> None:
         raise ValueError(f"config.train.balanced_requests={balanced} must be in [0, 1]")
     for field in ("forced_conflicts", "consistent_requests"):
         rate = config.train.get(field, 0.0)
-        if not 0 <= rate < 0.5:
-            raise ValueError(
-                f"config.train.{field}={rate} must be in [0, 0.5) (a probability below "
-                "which a request's entry contradicts its forced attribute; 0: off)"
-            )
+        celeba_attributes.check_rate(rate, f"config.train.{field}")
         if rate > 0 and not balanced > 0:
             raise ValueError(
                 f"config.train.{field}={rate} acts on forced attributes: it needs "

@@ -173,11 +173,17 @@ def _pads(pad: Padding) -> tuple[int, int]:
 
 def conv_forward(x: jax.Array, w: jax.Array, stride: int, pad: Padding) -> jax.Array:
     """``conv(x [N,H,W,I], w [KH,KW,I,O])``, square stride, `pad` (rows, cols) each side."""
-    n, h, wd, _ = x.shape
-    kh, kw, _, o = w.shape
+    return _call(FORWARD, x, w, _forward_shape(x.shape, w.shape, stride, pad), stride, pad)
+
+
+def _forward_shape(
+    x_shape: tuple[int, ...], w_shape: tuple[int, ...], stride: int, pad: Padding
+) -> tuple[int, int, int, int]:
+    """[N, OH, OW, O] of the convolution of x [N,H,W,I] by w [KH,KW,I,O]."""
+    n, h, wd, _ = x_shape
+    kh, kw, _, o = w_shape
     ph, pw = _pads(pad)
-    oh, ow = (h + 2 * ph - kh) // stride + 1, (wd + 2 * pw - kw) // stride + 1
-    return _call(FORWARD, x, w, (n, oh, ow, o), stride, pad)
+    return n, (h + 2 * ph - kh) // stride + 1, (wd + 2 * pw - kw) // stride + 1, o
 
 
 def conv_bias_relu(
@@ -189,12 +195,10 @@ def conv_bias_relu(
     output. Forward only: it has no gradient (the FID network's layers).
     """
     library()
-    n, h, wd, _ = x.shape
-    kh, kw, _, o = w.shape
     ph, pw = _pads(pad)
-    oh, ow = (h + 2 * ph - kh) // stride + 1, (wd + 2 * pw - kw) // stride + 1
     f32 = jnp.float32
-    return jax.ffi.ffi_call(INFER_TARGET, jax.ShapeDtypeStruct((n, oh, ow, o), f32))(
+    out = jax.ShapeDtypeStruct(_forward_shape(x.shape, w.shape, stride, pad), f32)
+    return jax.ffi.ffi_call(INFER_TARGET, out)(
         x.astype(f32),
         w.astype(f32),
         bias.astype(f32),

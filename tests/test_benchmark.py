@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from facegan_jax.cli.benchmark import cpu_peak_gflops
+from facegan_jax.models import fast_conv
 from tests.conftest import REPO_ROOT
 
 # Minutes of training or subprocesses: outside the fast subset (`-m "not slow"`).
@@ -60,9 +61,13 @@ def test_benchmark_prints_figures_layer_profile_and_result_lines():
         r"^layers: FastConvTranspose2x .* \| fwd (\w+), dgrad lax, wgrad strided-conv", out, re.M
     )
     assert len(paths) == 3 and set(paths) <= {"lax", "phases", "s2d"}, out
-    assert (
-        len(re.findall(r"^layers: FastConvStride2 .* \| fwd lax, dgrad s2d, wgrad lax$", out, re.M))
-        == 3
+    strided = re.findall(
+        r"^layers: FastConvStride2\s+\S+\s+in \d+x(\d+)x.* \| fwd lax, dgrad (\w+), wgrad lax "
+        r"\[(\w+)\]$",
+        out,
+        re.M,
     )
+    assert len(strided) == 3, out
+    assert all(dgrad == fast_conv.strided_dgrad(int(h), isa) for h, dgrad, isa in strided), out
     result = re.search(r"^RESULT name=train img_per_s=([0-9.]+) batch=8$", out, re.M)
     assert result and float(result.group(1)) > 0, out

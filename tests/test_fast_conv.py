@@ -92,6 +92,30 @@ def test_the_table_picks_each_forward_formulation():
     }
 
 
+def test_the_table_picks_each_strided_input_gradient():
+    picks = {
+        (isa, h): fast_conv.strided_dgrad(h, isa)
+        for isa in ("avx512", "avx2")
+        for h in (64, 32, 16, 8, 4)
+    }
+    assert picks == {
+        ("avx512", 64): "s2d",
+        ("avx512", 32): "s2d",
+        ("avx512", 16): "s2d",
+        ("avx512", 8): "gemm",
+        ("avx512", 4): "gemm",
+        **{("avx2", h): "s2d" for h in (64, 32, 16, 8, 4)},
+    }
+
+
+def test_patches_are_the_windows_under_each_output_pixel():
+    x = jnp.arange(2 * 4 * 6 * 3, dtype=jnp.float32).reshape(2, 4, 6, 3)
+    p = fast_conv.patches_4x4s2(x).reshape(2, 2, 3, 4, 4, 3)  # [B, m, n, ky, kx, C]
+    xp = np.pad(np.asarray(x), ((0, 0), (1, 1), (1, 1), (0, 0)))
+    for b, m, n in ((0, 0, 0), (1, 1, 2), (0, 1, 1)):
+        np.testing.assert_array_equal(p[b, m, n], xp[b, 2 * m : 2 * m + 4, 2 * n : 2 * n + 4])
+
+
 @pytest.mark.parametrize(("kind", "shape", "features", "use_bias"), CASES)
 def test_fast_layer_matches_plain_forward_and_backward(kind, shape, features, use_bias, isa):
     plain, fast = _plain_and_fast(kind, features, use_bias, kernel_init=nn.initializers.normal(1.0))
@@ -136,6 +160,8 @@ def test_fast_layer_matches_plain_forward_and_backward(kind, shape, features, us
         (fast_conv.conv_transpose_2x_phases, fast_conv.conv_transpose_2x_lax, (2, 3, 4, 5)),
         (fast_conv.conv_transpose_2x_s2d, fast_conv.conv_transpose_2x_lax, (2, 3, 4, 5)),
         (fast_conv.conv_stride2_s2d, fast_conv.conv_stride2_lax, (2, 6, 4, 5)),
+        (fast_conv.conv_stride2_gemm, fast_conv.conv_stride2_lax, (2, 6, 4, 5)),
+        (fast_conv.conv_stride2_gemm, fast_conv.conv_stride2_lax, (3, 8, 8, 6)),
     ],
 )
 @pytest.mark.parametrize("cout", [3, 20])

@@ -10,8 +10,11 @@
 // optionally, the ReLU applied inside the convolution (oneDNN post-op): src [N,H,W,I], weights
 // [KH,KW,I,O], bias [O] -> relu?(conv + bias) [N,OH,OW,O]; float32 only (the FID network).
 // Primitives are created once per shape and cached; weights are reordered to the layout the
-// chosen implementation prefers on every call (they are small); activations stay NHWC.
+// chosen implementation prefers on every call (they are small); activations stay NHWC. The
+// scratchpad and the reordered weights live in per-thread buffers reused from call to call.
 #include <cstdint>
+#include <cstdlib>
+#include <new>
 #include <initializer_list>
 #include <map>
 #include <memory>
@@ -81,13 +84,30 @@ void Describe(Plan& plan, const Pd& pd, const dnnl::memory::desc& prim_w,
   plan.reorder_w = prim_w != w_user;
 }
 
-// The weights in the layout `plan`'s primitive wants: the user's HWIO memory itself, or a
-// buffer (kept alive by `buf`) that `copy_in` fills with them by a reorder.
+// This thread's buffer number `slot` (0: scratchpad, 1: reordered weights), at least `size`
+// bytes, 64-byte aligned and reused by the next call: neither allocated nor zeroed per call
+// (oneDNN writes before it reads both).
+void* ThreadBuffer(int slot, size_t size) {
+  struct Free {
+    void operator()(void* p) const { std::free(p); }
+  };
+  thread_local std::unique_ptr<void, Free> buffers[2];
+  thread_local size_t capacity[2] = {0, 0};
+  if (capacity[slot] < size) {
+    size_t rounded = (size + 63) / 64 * 64;
+    buffers[slot].reset(std::aligned_alloc(64, rounded));
+    if (!buffers[slot]) throw std::bad_alloc();
+    capacity[slot] = rounded;
+  }
+  return buffers[slot].get();
+}
+
+// The weights in the layout `plan`'s primitive wants: the user's HWIO memory itself, or this
+// thread's weight buffer that `copy_in` fills with them by a reorder.
 dnnl::memory PrimitiveWeights(const Plan& plan, dnnl::stream& strm, dnnl::memory& w_user,
-                              std::vector<uint8_t>& buf, bool copy_in) {
+                              bool copy_in) {
   if (!plan.reorder_w) return w_user;
-  buf.resize(plan.prim_w.get_size());
-  dnnl::memory w_prim(plan.prim_w, Engine(), buf.data());
+  dnnl::memory w_prim(plan.prim_w, Engine(), ThreadBuffer(1, plan.prim_w.get_size()));
   if (copy_in) dnnl::reorder(w_user, w_prim).execute(strm, w_user, w_prim);
   return w_prim;
 }
@@ -147,16 +167,14 @@ ffi::Error Conv(ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::Result<ffi::AnyBuffer> 
     });
     auto& eng = Engine();
     dnnl::stream strm(eng);
-    std::vector<uint8_t> scratch_buf(plan->scratch.get_size());
-    dnnl::memory scratch(plan->scratch, eng, scratch_buf.data());
+    dnnl::memory scratch(plan->scratch, eng, ThreadBuffer(0, plan->scratch.get_size()));
     void* src_p = kind == 1 ? out->untyped_data() : a.untyped_data();
     void* dst_p =
         kind == 0 ? out->untyped_data() : (kind == 1 ? a.untyped_data() : b.untyped_data());
     void* w_p = kind == 2 ? out->untyped_data() : b.untyped_data();
     dnnl::memory src(plan->src, eng, src_p), dst(plan->dst, eng, dst_p);
     dnnl::memory w_user(plan->user_w, eng, w_p);
-    std::vector<uint8_t> w_buf;
-    dnnl::memory w_prim = PrimitiveWeights(*plan, strm, w_user, w_buf, kind != 2);
+    dnnl::memory w_prim = PrimitiveWeights(*plan, strm, w_user, kind != 2);
     if (kind == 0) {
       plan->prim.execute(strm, {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, w_prim},
                                 {DNNL_ARG_DST, dst}, {DNNL_ARG_SCRATCHPAD, scratch}});
@@ -215,13 +233,11 @@ ffi::Error ConvInfer(ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> b, ffi::Buff
     });
     auto& eng = Engine();
     dnnl::stream strm(eng);
-    std::vector<uint8_t> scratch_buf(plan->scratch.get_size());
-    dnnl::memory scratch(plan->scratch, eng, scratch_buf.data());
+    dnnl::memory scratch(plan->scratch, eng, ThreadBuffer(0, plan->scratch.get_size()));
     dnnl::memory src(plan->src, eng, a.typed_data()), dst(plan->dst, eng, out->typed_data());
     dnnl::memory bias(plan->bias, eng, c.typed_data());
     dnnl::memory w_user(plan->user_w, eng, b.typed_data());
-    std::vector<uint8_t> w_buf;
-    dnnl::memory w_prim = PrimitiveWeights(*plan, strm, w_user, w_buf, true);
+    dnnl::memory w_prim = PrimitiveWeights(*plan, strm, w_user, true);
     plan->prim.execute(strm, {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, w_prim},
                               {DNNL_ARG_BIAS, bias}, {DNNL_ARG_DST, dst},
                               {DNNL_ARG_SCRATCHPAD, scratch}});

@@ -19,7 +19,9 @@ runs fastest:
   input and output swapped (`conv_transpose_2x_wgrad`: 2.5-10x faster).
 * `FastConvStride2` == ``nn.Conv(F, (4, 4), strides=(2, 2), padding=((1, 1),
   (1, 1)))``: plain forward and weight gradient; the input gradient (a
-  transposed convolution) via space-to-depth + a 2x2 stride-1 convolution.
+  transposed convolution) via space-to-depth + a 2x2 stride-1 convolution or,
+  where the output is 4x4 on AVX-512 (`strided_dgrad`), as one matrix product
+  with the kernel and the adjoint of the input patches (`conv_stride2_gemm`).
 
 Both keep Flax's parameter tree (``kernel`` ``[4, 4, Cin, F]`` and optional
 ``bias`` ``[F]``), initialisers and dtype promotion, so parameters and

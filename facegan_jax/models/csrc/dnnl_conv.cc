@@ -14,11 +14,11 @@
 // scratchpad and the reordered weights live in per-thread buffers reused from call to call.
 #include <cstdint>
 #include <cstdlib>
-#include <new>
 #include <initializer_list>
 #include <map>
 #include <memory>
 #include <mutex>
+#include <new>
 #include <string>
 #include <vector>
 

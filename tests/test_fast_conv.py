@@ -108,6 +108,30 @@ def test_the_table_picks_each_strided_input_gradient():
     }
 
 
+@pytest.mark.parametrize(
+    ("isa_kind", "height", "products"), [("avx512", 8, 1), ("avx512", 16, 0), ("avx2", 8, 0)]
+)
+def test_the_strided_layer_takes_the_tables_input_gradient(monkeypatch, isa_kind, height, products):
+    """The compiled input gradient is the table's formulation: one matrix product and no
+    convolution for 'gemm', convolutions and no product for 's2d'."""
+    monkeypatch.delenv("FACEGAN_CONV_BACKEND", raising=False)
+    monkeypatch.setenv(fast_conv.ISA_ENV, isa_kind)
+    fast_conv.cpu_isa.cache_clear()
+    try:
+        x = jnp.ones((2, height, height, 3))  # [B, H, W, Cin]
+        kernel = jnp.ones((4, 4, 3, 5))
+        ct = jnp.ones((2, height // 2, height // 2, 5))
+
+        def input_gradient(x, kernel, ct):
+            return jax.vjp(lambda x_: fast_conv.conv_stride2(x_, kernel), x)[1](ct)[0]
+
+        hlo = jax.jit(input_gradient).lower(x, kernel, ct).compile().as_text()
+    finally:
+        fast_conv.cpu_isa.cache_clear()
+    assert hlo.count(" dot(") == products, hlo
+    assert (" convolution(" in hlo) == (products == 0), hlo
+
+
 def test_patches_are_the_windows_under_each_output_pixel():
     x = jnp.arange(2 * 4 * 6 * 3, dtype=jnp.float32).reshape(2, 4, 6, 3)
     p = fast_conv.patches_4x4s2(x).reshape(2, 2, 3, 4, 4, 3)  # [B, m, n, ky, kx, C]

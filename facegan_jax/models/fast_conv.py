@@ -313,7 +313,7 @@ def conv_transpose_2x(x: Array, kernel: Array, precision: Any = None) -> Array:
     Returns:
       ``[B, 2H, 2W, Cout]``.
     """
-    forward = _forward_here(x.shape[1], kernel.shape[-1])
+    forward = _variant_here("transpose", x.shape[1], kernel.shape[-1])
     parts = onednn_parts("transpose", x.shape[1], kernel.shape[-1]) if _onednn_here() else NONE
     return hybrid("transpose", forward, parts)(x, kernel, precision)
 
@@ -392,14 +392,14 @@ def hybrid(layer: str, variant: str, on_onednn: frozenset[str] = NONE) -> Formul
     return linear_vjp(fwd, lambda *args: (dgrad(*args), wgrad(*args)))
 
 
-def _forward_here(height: int, cout: int) -> str:
-    """`transposed_forward` on CPUs; the phase decomposition on other backends."""
-    return transposed_forward(height, cout) if jax.default_backend() == "cpu" else "phases"
-
-
-def _dgrad_here(height: int) -> str:
-    """`strided_dgrad` on CPUs; space-to-depth on other backends."""
-    return strided_dgrad(height) if jax.default_backend() == "cpu" else "s2d"
+def _variant_here(layer: str, height: int, cout: int) -> str:
+    """The shape-dependent XLA formulation of a fast layer ('transpose' or 'stride2', see
+    `_xla_parts`): on CPUs the measured table (`transposed_forward`, `strided_dgrad`); on
+    other backends the phase decomposition and space-to-depth."""
+    on_cpu = jax.default_backend() == "cpu"
+    if layer == "transpose":
+        return transposed_forward(height, cout) if on_cpu else "phases"
+    return strided_dgrad(height) if on_cpu else "s2d"
 
 
 def _onednn_here() -> bool:
@@ -425,8 +425,9 @@ def describe(layer: str, height: int, cout: int) -> str:
 def describe_xla(layer: str, height: int, cout: int) -> str:
     """`describe` for the pure-XLA path."""
     if layer == "FastConvTranspose2x":
-        return f"fwd {_forward_here(height, cout)}, dgrad lax, wgrad strided-conv [{cpu_isa()}]"
-    return f"fwd lax, dgrad {_dgrad_here(height)}, wgrad lax [{cpu_isa()}]"
+        forward = _variant_here("transpose", height, cout)
+        return f"fwd {forward}, dgrad lax, wgrad strided-conv [{cpu_isa()}]"
+    return f"fwd lax, dgrad {_variant_here('stride2', height, cout)}, wgrad lax [{cpu_isa()}]"
 
 
 def conv_stride2(x: Array, kernel: Array, precision: Any = None) -> Array:
@@ -444,7 +445,9 @@ def conv_stride2(x: Array, kernel: Array, precision: Any = None) -> Array:
     if H % 2 or W % 2:
         raise ValueError(f"fast_conv.conv_stride2: spatial size must be even, got {H}x{W}")
     parts = onednn_parts("stride2", H, kernel.shape[-1]) if _onednn_here() else NONE
-    return hybrid("stride2", _dgrad_here(H), parts)(x, kernel, precision)
+    return hybrid("stride2", _variant_here("stride2", H, kernel.shape[-1]), parts)(
+        x, kernel, precision
+    )
 
 
 class _FastConvBase(nn.Module):

@@ -20,7 +20,6 @@
 #include <mutex>
 #include <new>
 #include <string>
-#include <vector>
 
 #include "oneapi/dnnl/dnnl.hpp"
 #include "xla/ffi/api/ffi.h"

@@ -16,12 +16,15 @@ It sets:
   sampling, tests and benchmarks.
 * TensorFlow sees no GPU or TPU (JAX owns the accelerators; tf.data and TFDS
   run on the host CPU).
-* glibc's malloc keeps freed memory for reuse (`keep_freed_memory`): by default
-  every buffer over 32 MB is a fresh mapping, returned to the kernel when freed,
-  so XLA's per-step temporaries and oneDNN's workspaces are page-faulted and
-  zeroed again on every step (DCGAN-64 on 2 cores: 61,000 page faults and
-  100 ms of kernel time per 650 ms step; with it: 2,500 and 7 ms, the step 5% faster).
-  `FACEGAN_MALLOC=system` leaves malloc as it is.
+* with `setup(keep_memory=True)` (the train and benchmark commands: long runs of
+  one compiled step), glibc's malloc keeps freed memory for reuse
+  (`keep_freed_memory`): by default every buffer over 32 MB is a fresh mapping,
+  returned to the kernel when freed, so XLA's per-step temporaries are
+  page-faulted and zeroed again on every step (DCGAN-64 on 2 cores: 61,000 page
+  faults and 100 ms of kernel time per 650 ms step; with it: 2,500 and 7 ms, the
+  step 2-5% faster). Its one arena makes compile-heavy short commands slower (the
+  tests 20-25%: XLA's compiler threads then share one allocator lock), so the
+  other commands leave malloc as it is. `FACEGAN_MALLOC=system` turns it off.
 """
 
 from __future__ import annotations
@@ -75,17 +78,19 @@ def hide_accelerators_from_tensorflow() -> None:
             tf.config.set_visible_devices([], kind)
 
 
-def setup(*, tensorflow: bool = True) -> None:
+def setup(*, tensorflow: bool = True, keep_memory: bool = False) -> None:
     """Configures XLA, JAX's PRNG and TensorFlow for this process (idempotent).
 
     Args:
       tensorflow: also hide accelerators from TensorFlow (imports it; pass False
         in tools that never touch tf.data).
+      keep_memory: `keep_freed_memory` (for long runs of one compiled step).
     """
     global _done
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if not _done:
-        keep_freed_memory()
+        if keep_memory:
+            keep_freed_memory()
         configure_xla_cpu()
         import jax
 

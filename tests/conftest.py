@@ -31,6 +31,10 @@ os.environ.setdefault("XLA_FLAGS", "")
 # a cache hit ~2 s. A fresh folder per session (removed at exit), so nothing stale.
 os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="facegan_jax_cache_")
 os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.5"
+# The train and benchmark subprocesses the tests start are compile-bound, where the
+# malloc policy of long runs (runtime.keep_freed_memory) costs 20-25%; test_runtime
+# checks that policy in its own processes.
+os.environ.setdefault("FACEGAN_MALLOC", "system")
 
 import pytest
 

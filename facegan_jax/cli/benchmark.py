@@ -388,7 +388,7 @@ def measure(args: argparse.Namespace) -> None:
     """Prints the figures `args.only` names (the last lines: RESULT ...)."""
     import jax
 
-    runtime.setup()
+    runtime.setup(keep_memory=True)
     config = args.config
     print(
         f"device: {jax.devices()} ({platform.processor() or platform.machine()}, "

@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(args: argparse.Namespace) -> None:
     with native_startup_chatter_dropped():  # TensorFlow's C++ start-up lines on stderr
-        runtime.setup()
+        runtime.setup(keep_memory=True)
     setup_logging(verbose=args.verbose)
     try:
         spec = distributed.spec_from_flags(

@@ -104,20 +104,20 @@ def test_backend_switch_routes_the_dcgan_layers_and_keeps_their_gradients(monkey
 
 
 @pytest.mark.parametrize(
-    "layer, height, cout, on_onednn",
+    "layer, height, cin, cout, on_onednn",
     [
-        ("transpose", 4, 8, set()),  # 4x4 small side: XLA's
-        ("transpose", 8, 3, {"dgrad", "wgrad"}),  # to 3 channels: XLA's forward
-        ("transpose", 8, 16, {"fwd", "dgrad", "wgrad"}),
-        ("stride2", 8, 16, set()),  # 8x8 -> 4x4: XLA's
-        ("stride2", 16, 16, {"fwd", "dgrad", "wgrad"}),
+        ("transpose", 4, 8, 8, set()),  # 4x4 small side: XLA's
+        ("transpose", 8, 16, 3, {"dgrad", "wgrad"}),  # to 3 channels: XLA's forward
+        ("transpose", 8, 16, 16, {"fwd", "dgrad", "wgrad"}),
+        ("stride2", 8, 16, 16, set()),  # 8x8 -> 4x4: XLA's
+        ("stride2", 16, 3, 16, {"fwd", "wgrad"}),  # from 3 channels: XLA's input gradient
+        ("stride2", 16, 16, 16, {"fwd", "dgrad", "wgrad"}),
     ],
 )
 def test_each_part_takes_the_backend_of_the_table_and_the_same_values(
-    layer, height, cout, on_onednn, monkeypatch
+    layer, height, cin, cout, on_onednn, monkeypatch
 ):
-    assert fast_conv.onednn_parts(layer, height, cout) == on_onednn
-    cin = 8
+    assert fast_conv.onednn_parts(layer, height, cout, cin) == on_onednn
     x = jax.random.normal(jax.random.PRNGKey(3), (2, height, height, cin))
     kernel = jax.random.normal(jax.random.PRNGKey(4), (4, 4, cin, cout))
     fn = fast_conv.conv_transpose_2x if layer == "transpose" else fast_conv.conv_stride2
@@ -137,7 +137,7 @@ def test_each_part_takes_the_backend_of_the_table_and_the_same_values(
     for a, b in zip(got, ref):
         assert _rel(a, b) < 1e-5
     described = fast_conv.describe(
-        "FastConvTranspose2x" if layer == "transpose" else "FastConvStride2", height, cout
+        "FastConvTranspose2x" if layer == "transpose" else "FastConvStride2", height, cout, cin
     )
     assert described.count("oneDNN") == len(on_onednn) + 1  # each part, and the version
 

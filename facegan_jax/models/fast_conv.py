@@ -318,23 +318,27 @@ def conv_transpose_2x(x: Array, kernel: Array, precision: Any = None) -> Array:
     return hybrid("transpose", forward, parts)(x, kernel, precision)
 
 
-def onednn_parts(layer: str, height: int, cout: int) -> frozenset[str]:
+def onednn_parts(layer: str, height: int, cout: int, cin: int = _SMALL_COUT) -> frozenset[str]:
     """Which of 'fwd', 'dgrad', 'wgrad' run on oneDNN with `FACEGAN_CONV_BACKEND=onednn`.
 
-    `layer` 'transpose' (input ``[B, height, ., .]``) or 'stride2' (input height `height`).
-    From the per-layer profile (`benchmark --only=layers` with each backend; DCGAN-64, batch
-    64, 2 threads, AVX-512/AMX Xeon, 2026-12-07, ms fwd / dgrad / wgrad, XLA against oneDNN):
-    layers whose small side is 4x4 stay on XLA (4x4x512->256: 20 / 18 / 19 against 27 / 26 /
-    29; 8x8x256->512: 14 / 27 / 17 against 22 / 25 / 23); the transposed layer to 3 channels
-    keeps XLA's forward (6.1 against 8.4) and takes oneDNN's gradients (1.6 / 1.7 against 3.3 /
-    7.6); every other layer runs on oneDNN (e.g. 32x32x64->128: 15 / 26 / 28 against 13 / 14 /
-    17; 64x64x3->64: 7.2 / 7.5 / 14.4 against 1.5 / 8.5 / 1.7).
+    `layer` 'transpose' (input ``[B, height, ., .]``) or 'stride2' (input height `height`),
+    `cin` / `cout` its input / output channels. From the per-layer profile (`benchmark
+    --only=layers` with each backend; DCGAN-64, batch 64, 2 threads, AVX-512/AMX Xeon,
+    2026-12-07, ms fwd / dgrad / wgrad, XLA against oneDNN): layers whose small side is 4x4
+    stay on XLA (4x4x512->256: 20 / 18 / 19 against 27 / 26 / 29; 8x8x256->512: 14 / 27 / 17
+    against 22 / 25 / 23); a layer to or from 3 channels keeps the XLA part whose output has
+    the 3 channels: the transposed layer's forward (6.1 against 8.4), the strided layer's
+    input gradient (64x64x3->64: 5.2 against 9.3, the space-to-depth formulation; 32x32x3->64:
+    1.4 against 2.8), and takes oneDNN's other parts (e.g. 1.6 / 1.7 against 3.3 / 7.6);
+    every other layer runs on oneDNN (e.g. 32x32x64->128: 15 / 26 / 28 against 13 / 14 / 17).
     """
     small = height if layer == "transpose" else height // 2
     if small <= 4:
         return frozenset()
     if layer == "transpose" and cout < _SMALL_COUT:
         return frozenset({"dgrad", "wgrad"})
+    if layer == "stride2" and cin < _SMALL_COUT:
+        return frozenset({"fwd", "wgrad"})
     return frozenset({"fwd", "dgrad", "wgrad"})
 
 
@@ -409,13 +413,14 @@ def _onednn_here() -> bool:
     return onednn.active()
 
 
-def describe(layer: str, height: int, cout: int) -> str:
-    """Which formulation each part of a fast layer takes here (for the benchmark's profile)."""
+def describe(layer: str, height: int, cout: int, cin: int = _SMALL_COUT) -> str:
+    """Which formulation each part of a fast layer (input height `height`, `cin` -> `cout`
+    channels) takes here (for the benchmark's profile)."""
     if _onednn_here():
         from facegan_jax.models import onednn
 
         kind = "transpose" if layer == "FastConvTranspose2x" else "stride2"
-        on = onednn_parts(kind, height, cout)
+        on = onednn_parts(kind, height, cout, cin)
         xla = describe_xla(layer, height, cout).split(" [")[0].split(", ")
         names = [f"{p} oneDNN" if p in on else x for p, x in zip(("fwd", "dgrad", "wgrad"), xla)]
         return ", ".join(names) + f" [oneDNN {onednn.version()}, {cpu_isa()}]"
@@ -444,10 +449,9 @@ def conv_stride2(x: Array, kernel: Array, precision: Any = None) -> Array:
     H, W = x.shape[1:3]
     if H % 2 or W % 2:
         raise ValueError(f"fast_conv.conv_stride2: spatial size must be even, got {H}x{W}")
-    parts = onednn_parts("stride2", H, kernel.shape[-1]) if _onednn_here() else NONE
-    return hybrid("stride2", _variant_here("stride2", H, kernel.shape[-1]), parts)(
-        x, kernel, precision
-    )
+    cin, cout = kernel.shape[2:]
+    parts = onednn_parts("stride2", H, cout, cin) if _onednn_here() else NONE
+    return hybrid("stride2", _variant_here("stride2", H, cout), parts)(x, kernel, precision)
 
 
 class _FastConvBase(nn.Module):

@@ -313,12 +313,13 @@ def conv_transpose_2x(x: Array, kernel: Array, precision: Any = None) -> Array:
     Returns:
       ``[B, 2H, 2W, Cout]``.
     """
-    forward = _variant_here("transpose", x.shape[1], kernel.shape[-1])
-    parts = onednn_parts("transpose", x.shape[1], kernel.shape[-1]) if _onednn_here() else NONE
+    cin, cout = kernel.shape[2:]
+    forward = _variant_here("transpose", x.shape[1], cout)
+    parts = onednn_parts("transpose", x.shape[1], cout, cin) if _onednn_here() else NONE
     return hybrid("transpose", forward, parts)(x, kernel, precision)
 
 
-def onednn_parts(layer: str, height: int, cout: int, cin: int = _SMALL_COUT) -> frozenset[str]:
+def onednn_parts(layer: str, height: int, cout: int, cin: int) -> frozenset[str]:
     """Which of 'fwd', 'dgrad', 'wgrad' run on oneDNN with `FACEGAN_CONV_BACKEND=onednn`.
 
     `layer` 'transpose' (input ``[B, height, ., .]``) or 'stride2' (input height `height`),
@@ -413,7 +414,7 @@ def _onednn_here() -> bool:
     return onednn.active()
 
 
-def describe(layer: str, height: int, cout: int, cin: int = _SMALL_COUT) -> str:
+def describe(layer: str, height: int, cout: int, cin: int) -> str:
     """Which formulation each part of a fast layer (input height `height`, `cin` -> `cout`
     channels) takes here (for the benchmark's profile)."""
     if _onednn_here():

@@ -313,9 +313,7 @@ def conv_transpose_2x(x: Array, kernel: Array, precision: Any = None) -> Array:
     Returns:
       ``[B, 2H, 2W, Cout]``.
     """
-    cin, cout = kernel.shape[2:]
-    forward = _variant_here("transpose", x.shape[1], cout)
-    parts = onednn_parts("transpose", x.shape[1], cout, cin) if _onednn_here() else NONE
+    forward, parts = _route("transpose", x.shape[1], *kernel.shape[2:])
     return hybrid("transpose", forward, parts)(x, kernel, precision)
 
 
@@ -327,10 +325,11 @@ def onednn_parts(layer: str, height: int, cout: int, cin: int) -> frozenset[str]
     --only=layers` with each backend; DCGAN-64, batch 64, 2 threads, AVX-512/AMX Xeon,
     2026-12-07, ms fwd / dgrad / wgrad, XLA against oneDNN): layers whose small side is 4x4
     stay on XLA (4x4x512->256: 20 / 18 / 19 against 27 / 26 / 29; 8x8x256->512: 14 / 27 / 17
-    against 22 / 25 / 23); a layer to or from 3 channels keeps the XLA part whose output has
-    the 3 channels: the transposed layer's forward (6.1 against 8.4), the strided layer's
-    input gradient (64x64x3->64: 5.2 against 9.3, the space-to-depth formulation; 32x32x3->64:
-    1.4 against 2.8), and takes oneDNN's other parts (e.g. 1.6 / 1.7 against 3.3 / 7.6);
+    against 22 / 25 / 23); a layer to or from fewer than 16 channels (the images' 3) keeps the
+    XLA part whose output has those channels: the transposed layer's forward (6.1 against
+    8.4), the strided layer's input gradient (64x64x3->64: 5.2 against 9.3, the
+    space-to-depth formulation; 32x32x3->64: 1.4 against 2.8), and takes oneDNN's other
+    parts (e.g. 1.6 / 1.7 against 3.3 / 7.6);
     every other layer runs on oneDNN (e.g. 32x32x64->128: 15 / 26 / 28 against 13 / 14 / 17).
     """
     small = height if layer == "transpose" else height // 2
@@ -414,6 +413,15 @@ def _onednn_here() -> bool:
     return onednn.active()
 
 
+def _route(layer: str, height: int, cin: int, cout: int) -> tuple[str, frozenset[str]]:
+    """Where a fast layer ('transpose' or 'stride2', input height `height`, `cin` -> `cout`
+    channels) runs here: its XLA formulation (`_variant_here`) and its parts on oneDNN
+    (`onednn_parts` with `FACEGAN_CONV_BACKEND=onednn`, else none). The layers and `describe`
+    all take it from here."""
+    parts = onednn_parts(layer, height, cout, cin) if _onednn_here() else NONE
+    return _variant_here(layer, height, cout), parts
+
+
 def describe(layer: str, height: int, cout: int, cin: int) -> str:
     """Which formulation each part of a fast layer (input height `height`, `cin` -> `cout`
     channels) takes here (for the benchmark's profile)."""
@@ -421,7 +429,7 @@ def describe(layer: str, height: int, cout: int, cin: int) -> str:
         from facegan_jax.models import onednn
 
         kind = "transpose" if layer == "FastConvTranspose2x" else "stride2"
-        on = onednn_parts(kind, height, cout, cin)
+        _, on = _route(kind, height, cin, cout)
         xla = describe_xla(layer, height, cout).split(" [")[0].split(", ")
         names = [f"{p} oneDNN" if p in on else x for p, x in zip(("fwd", "dgrad", "wgrad"), xla)]
         return ", ".join(names) + f" [oneDNN {onednn.version()}, {cpu_isa()}]"
@@ -450,9 +458,8 @@ def conv_stride2(x: Array, kernel: Array, precision: Any = None) -> Array:
     H, W = x.shape[1:3]
     if H % 2 or W % 2:
         raise ValueError(f"fast_conv.conv_stride2: spatial size must be even, got {H}x{W}")
-    cin, cout = kernel.shape[2:]
-    parts = onednn_parts("stride2", H, cout, cin) if _onednn_here() else NONE
-    return hybrid("stride2", _variant_here("stride2", H, cout), parts)(x, kernel, precision)
+    variant, parts = _route("stride2", H, *kernel.shape[2:])
+    return hybrid("stride2", variant, parts)(x, kernel, precision)
 
 
 class _FastConvBase(nn.Module):

@@ -117,7 +117,7 @@ def test_backend_switch_routes_the_dcgan_layers_and_keeps_their_gradients(monkey
 def test_each_part_takes_the_backend_of_the_table_and_the_same_values(
     layer, height, cin, cout, on_onednn, monkeypatch
 ):
-    assert fast_conv.onednn_parts(layer, height, cout, cin) == on_onednn
+    assert fast_conv.onednn_parts(layer, height, cin, cout) == on_onednn
     x = jax.random.normal(jax.random.PRNGKey(3), (2, height, height, cin))
     kernel = jax.random.normal(jax.random.PRNGKey(4), (4, 4, cin, cout))
     fn = fast_conv.conv_transpose_2x if layer == "transpose" else fast_conv.conv_stride2
@@ -137,7 +137,7 @@ def test_each_part_takes_the_backend_of_the_table_and_the_same_values(
     for a, b in zip(got, ref):
         assert _rel(a, b) < 1e-5
     described = fast_conv.describe(
-        "FastConvTranspose2x" if layer == "transpose" else "FastConvStride2", height, cout, cin
+        "FastConvTranspose2x" if layer == "transpose" else "FastConvStride2", height, cin, cout
     )
     assert described.count("oneDNN") == len(on_onednn) + 1  # each part, and the version
 

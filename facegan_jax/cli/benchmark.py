@@ -301,7 +301,7 @@ def profile_layers(config, reps: int = 5) -> float:
             cells.append(f"{name} {ms:7.1f} ms{rate}")
         shape = "x".join(map(str, x.shape))
         if kind in ("FastConvTranspose2x", "FastConvStride2"):
-            cells.append(fast_conv.describe(kind, x.shape[1], layer.features, x.shape[-1]))
+            cells.append(fast_conv.describe(kind, x.shape[1], x.shape[-1], layer.features))
         print(f"layers: {kind:19s} {path:28s} in {shape:16s} " + " | ".join(cells))
     print(f"layers: sum of all parts {total:.0f} ms")
     return total

@@ -317,7 +317,7 @@ def conv_transpose_2x(x: Array, kernel: Array, precision: Any = None) -> Array:
     return hybrid("transpose", forward, parts)(x, kernel, precision)
 
 
-def onednn_parts(layer: str, height: int, cout: int, cin: int) -> frozenset[str]:
+def onednn_parts(layer: str, height: int, cin: int, cout: int) -> frozenset[str]:
     """Which of 'fwd', 'dgrad', 'wgrad' run on oneDNN with `FACEGAN_CONV_BACKEND=onednn`.
 
     `layer` 'transpose' (input ``[B, height, ., .]``) or 'stride2' (input height `height`),
@@ -418,11 +418,11 @@ def _route(layer: str, height: int, cin: int, cout: int) -> tuple[str, frozenset
     channels) runs here: its XLA formulation (`_variant_here`) and its parts on oneDNN
     (`onednn_parts` with `FACEGAN_CONV_BACKEND=onednn`, else none). The layers and `describe`
     all take it from here."""
-    parts = onednn_parts(layer, height, cout, cin) if _onednn_here() else NONE
+    parts = onednn_parts(layer, height, cin, cout) if _onednn_here() else NONE
     return _variant_here(layer, height, cout), parts
 
 
-def describe(layer: str, height: int, cout: int, cin: int) -> str:
+def describe(layer: str, height: int, cin: int, cout: int) -> str:
     """Which formulation each part of a fast layer (input height `height`, `cin` -> `cout`
     channels) takes here (for the benchmark's profile)."""
     if _onednn_here():
